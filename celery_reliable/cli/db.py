@@ -1,0 +1,35 @@
+"""``celery reliable db upgrade|current``: the store's schema."""
+
+from __future__ import annotations
+
+import click
+
+from ..store import migrate
+from .base import extension, reliable
+
+
+@reliable.group()
+def db() -> None:
+    """The reliable store's schema (Alembic migrations shipped in the package)."""
+
+
+@db.command()
+@click.option("--revision", default="head", show_default=True, help="Target revision.")
+@click.pass_context
+def upgrade(ctx: click.Context, revision: str) -> None:
+    """Apply the shipped migrations up to REVISION."""
+    ext = extension(ctx)
+    migrate.upgrade(ext.database, ext.tables, revision)
+    click.echo(f"store at revision {migrate.current(ext.database, ext.tables)} "
+               f"({ext.database.url.render_as_string(hide_password=True)})")
+
+
+@db.command()
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Print the store's revision and the newest shipped one."""
+    ext = extension(ctx)
+    revision = migrate.current(ext.database, ext.tables)
+    head = migrate.head(ext.database, ext.tables)
+    state = "up to date" if revision == head else f"behind head {head}: run `db upgrade`"
+    click.echo(f"{revision or 'none'} ({state})")

@@ -1,0 +1,39 @@
+"""The exceptions of celery_reliable: one root, each docstring its default message."""
+
+from __future__ import annotations
+
+
+class ReliableError(Exception):
+    """A celery_reliable operation failed."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigurationError(ReliableError, ValueError):
+    """The celery_reliable configuration is invalid."""
+
+
+class InvalidMessageId(ReliableError, ValueError):
+    """The message id is not a non-empty string of at most 255 characters."""
+
+
+class TransactionMisuse(ReliableError, RuntimeError):
+    """self.transaction() was used outside a task run, or entered twice in one run."""
+
+
+class LostOwnership(ReliableError):
+    """Another delivery took this message over; this run's writes were rolled back.
+
+    Raised when the version-fenced completion mark matches no row: the claim this run held
+    was superseded (for example a stale lease was reclaimed), so committing would double
+    the effect. The message is still owned by the other delivery, so nothing is lost.
+    """
+
+
+class MessagePoisoned(ReliableError):
+    """The message is quarantined as poisoned and will not be run again."""
+
+
+class StoreUnavailable(ReliableError):
+    """The reliable store could not be reached or failed transiently; the message is deferred."""

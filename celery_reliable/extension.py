@@ -1,0 +1,140 @@
+"""``Reliable(app)``: the composition root that wires settings, store and inbox into an app.
+
+Nothing below this module reaches back up: tasks ask ``Reliable.of(app)`` for the inbox,
+the inbox talks to the store port, the store to the database.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, bootsteps
+
+from .exceptions import ConfigurationError
+from .inbox import Inbox
+from .settings import Settings
+from .store import Database, SqlStore, build_tables
+from .store import migrate
+from .store.tables import KEY_LENGTH, Tables
+
+if TYPE_CHECKING:
+    from .task import ReliableTask
+
+_ATTRIBUTE = "_celery_reliable"
+
+
+class Reliable:
+    """The celery_reliable extension of one Celery app.
+
+    Settings are read lazily, on first use, so ``app.conf`` may be filled in after
+    ``Reliable(app)``; a worker validates them (and the handler keys) while it starts.
+    """
+
+    def __init__(self, app: Celery) -> None:
+        if getattr(app, _ATTRIBUTE, None) is not None:
+            raise ConfigurationError(
+                f"Reliable(app) was already called for app {app.main!r}; use Reliable.of(app)"
+            )
+        self.app = app
+        self._checked = False
+        setattr(app, _ATTRIBUTE, self)
+        app.steps["worker"].add(_CheckAtStartup)
+
+    @classmethod
+    def of(cls, app: Celery) -> Reliable:
+        """The extension created by ``Reliable(app)`` for ``app``."""
+        reliable = getattr(app, _ATTRIBUTE, None)
+        if reliable is None:
+            raise ConfigurationError(
+                f"app {app.main!r} has no celery_reliable extension: call Reliable(app) "
+                "where the app is created"
+            )
+        return reliable  # type: ignore[no-any-return]
+
+    @cached_property
+    def settings(self) -> Settings:
+        """The validated ``reliable_*`` settings."""
+        return Settings.from_conf(self.app.conf)
+
+    @cached_property
+    def database(self) -> Database:
+        return Database(self.settings.database_url, self.settings.engine_options)
+
+    @cached_property
+    def tables(self) -> Tables:
+        return build_tables(self.settings.table_prefix)
+
+    @cached_property
+    def store(self) -> SqlStore:
+        return SqlStore(self.database, self.tables)
+
+    @cached_property
+    def inbox(self) -> Inbox:
+        settings = self.settings
+        return Inbox(
+            self.store,
+            max_attempts=settings.max_attempts,
+            stuck_threshold=settings.stuck_threshold,
+            store_results=settings.store_results,
+        )
+
+    def create_schema(self) -> None:
+        """Apply the shipped migrations (same as ``celery -A app reliable db upgrade``)."""
+        migrate.upgrade(self.database, self.tables)
+
+    def check(self) -> None:
+        """Validate settings and handler keys; raise ConfigurationError naming the problem."""
+        if self._checked:
+            return
+        _ = self.settings
+        self._check_handler_keys()
+        self._checked = True
+
+    def _check_handler_keys(self) -> None:
+        from .task import ReliableTask
+
+        owners: dict[str, str] = {}
+        for task in list(self.app.tasks.values()):
+            if not isinstance(task, ReliableTask):
+                continue
+            for key in handler_keys_of(task):
+                other = owners.setdefault(key, task.name)
+                if other != task.name:
+                    raise ConfigurationError(
+                        f"handler key {key!r} is claimed by both {other!r} and {task.name!r}; "
+                        "give each task its own handler_key"
+                    )
+
+    def __repr__(self) -> str:
+        return f"<Reliable app={self.app.main!r}>"
+
+
+def handler_keys_of(task: ReliableTask) -> tuple[str, ...]:
+    """The task's handler key followed by its legacy keys, validated."""
+    key = task.handler_key if task.handler_key is not None else task.name
+    legacy = task.legacy_handler_keys
+    if isinstance(legacy, str) or not isinstance(legacy, (tuple, list)):
+        raise ConfigurationError(
+            f"task {task.name!r}: legacy_handler_keys must be a tuple of strings, got {legacy!r}"
+        )
+    keys = (key, *legacy)
+    for value in keys:
+        if not isinstance(value, str) or not value.strip() or len(value) > KEY_LENGTH:
+            raise ConfigurationError(
+                f"task {task.name!r}: handler key {value!r} must be a non-empty string of at "
+                f"most {KEY_LENGTH} characters"
+            )
+    if len(set(keys)) != len(keys):
+        raise ConfigurationError(f"task {task.name!r}: handler keys repeat: {keys!r}")
+    return keys
+
+
+class _CheckAtStartup(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Fail ``celery worker`` at start-up on a bad setting or a handler-key clash."""
+
+    label = "celery_reliable check"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        Reliable.of(worker.app).check()
+        super().__init__(worker, **kwargs)

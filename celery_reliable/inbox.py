@@ -1,0 +1,222 @@
+"""The idempotent inbox: claim a (message id, handler key) pair, then complete or fail it.
+
+A claim costs one round trip in the common case (a first delivery inserts its row). Only
+when the row exists does the inbox read it and decide, in :func:`decide`, what this delivery
+may do. Deciding in Python keeps the SQL identical on every database and the rules in one
+place that unit tests can cover exhaustively.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from kombu.utils.json import dumps, loads
+
+from .exceptions import ReliableError
+from .store.base import InboxStore, Status, StatusRow
+
+logger = logging.getLogger(__name__)
+
+#: A delivery that finds its message in flight elsewhere comes back after at most this long.
+IN_FLIGHT_RECHECK = timedelta(seconds=5)
+_CLAIM_RACES = 5
+
+
+class Outcome(enum.Enum):
+    """What a delivery may do with its message."""
+
+    RUN = "run"  # this delivery owns the claim: run the body
+    DUPLICATE = "duplicate"  # completed before (under this or a legacy key): do not run
+    IN_FLIGHT = "in_flight"  # a live delivery holds the claim: come back later
+    POISONED = "poisoned"  # quarantined: never run
+
+
+class Action(enum.Enum):
+    """What :func:`decide` tells the inbox to do with an existing row."""
+
+    DUPLICATE = "duplicate"
+    ALREADY_POISONED = "already_poisoned"
+    IN_FLIGHT = "in_flight"
+    POISON = "poison"
+    TAKE_OVER = "take_over"
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The result of claiming; for RUN it carries the fencing version of this run."""
+
+    outcome: Outcome
+    message_id: str
+    handler_key: str
+    attempts: int = 0
+    version: int = 0
+    result: str | None = None
+    retry_in: timedelta = timedelta(0)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def decide(
+    row: StatusRow,
+    *,
+    redelivered: bool,
+    now: datetime,
+    stuck_threshold: timedelta,
+    max_attempts: int,
+    resumes_version: int | None = None,
+) -> Action:
+    """Decide what a delivery may do with the existing status row of its message.
+
+    A row still ``processing`` means an earlier run either is alive or crashed. The broker's
+    redelivery flag (RabbitMQ natively, kombu's Redis transport on restore) or a lease older
+    than ``stuck_threshold`` says it crashed; otherwise a live delivery holds it and this one
+    must wait, neither running nor dropping its copy, since it may be the only copy left.
+    ``resumes_version`` is set on a copy that a run re-published when it lost the store: it
+    may take over the claim it abandoned (that version) at once.
+    """
+    if row.status is Status.COMPLETED:
+        return Action.DUPLICATE
+    if row.status is Status.POISONED:
+        return Action.ALREADY_POISONED
+    started = row.processing_started_at
+    if (
+        row.status is Status.PROCESSING
+        and not redelivered
+        and row.version != resumes_version
+        and started is not None
+        and now - started < stuck_threshold
+    ):
+        return Action.IN_FLIGHT
+    if row.attempts >= max_attempts:
+        return Action.POISON
+    return Action.TAKE_OVER
+
+
+class Inbox:
+    """Claims, completes and fails messages through an :class:`InboxStore`."""
+
+    def __init__(
+        self,
+        store: InboxStore,
+        *,
+        max_attempts: int,
+        stuck_threshold: timedelta,
+        store_results: bool,
+    ) -> None:
+        self.store = store
+        self.max_attempts = max_attempts
+        self.stuck_threshold = stuck_threshold
+        self.store_results = store_results
+
+    def claim(
+        self,
+        message_id: str,
+        handler_key: str,
+        *,
+        task_name: str,
+        owner: str,
+        redelivered: bool = False,
+        legacy_keys: Sequence[str] = (),
+        resumes_version: int | None = None,
+    ) -> Claim:
+        """Claim the message for ``handler_key``: count the attempt, or say why not to run."""
+        if legacy_keys and (done := self.store.find_completed(message_id, legacy_keys)):
+            return Claim(Outcome.DUPLICATE, message_id, handler_key, result=done.result)
+        for _ in range(_CLAIM_RACES):
+            now = utcnow()
+            if self.store.insert_claim(message_id, handler_key, task_name, now, owner):
+                return Claim(Outcome.RUN, message_id, handler_key, attempts=1, version=1)
+            row = self.store.get_status(message_id, handler_key)
+            if row is None:  # removed between the two statements (retention): insert again
+                continue
+            action = decide(
+                row,
+                redelivered=redelivered,
+                now=now,
+                stuck_threshold=self.stuck_threshold,
+                max_attempts=self.max_attempts,
+                resumes_version=resumes_version,
+            )
+            claim = self._act(action, row, message_id, handler_key, now, owner)
+            if claim is not None:
+                return claim
+        raise ReliableError(
+            f"message {message_id!r} / {handler_key!r}: lost {_CLAIM_RACES} claim races in a row"
+        )
+
+    def _act(
+        self,
+        action: Action,
+        row: StatusRow,
+        message_id: str,
+        handler_key: str,
+        now: datetime,
+        owner: str,
+    ) -> Claim | None:
+        """Carry out ``action``; None when a concurrent delivery moved the row first."""
+        if action is Action.DUPLICATE:
+            return Claim(Outcome.DUPLICATE, message_id, handler_key, row.attempts, result=row.result)
+        if action is Action.ALREADY_POISONED:
+            return Claim(Outcome.POISONED, message_id, handler_key, row.attempts)
+        if action is Action.IN_FLIGHT:
+            assert row.processing_started_at is not None
+            lease_left = row.processing_started_at + self.stuck_threshold - now
+            retry_in = max(min(lease_left, IN_FLIGHT_RECHECK), timedelta(seconds=0.1))
+            return Claim(Outcome.IN_FLIGHT, message_id, handler_key, row.attempts, retry_in=retry_in)
+        if action is Action.POISON:
+            error = f"quarantined after {row.attempts} attempts (reliable_max_attempts)"
+            if self.store.finish(
+                message_id, handler_key, row.version, Status.POISONED, now, error=error
+            ):
+                logger.error("message %s (%s) poisoned: %s", message_id, handler_key, error)
+                return Claim(Outcome.POISONED, message_id, handler_key, row.attempts)
+            return None
+        if self.store.take_over(message_id, handler_key, row.version, now, owner):
+            return Claim(
+                Outcome.RUN, message_id, handler_key, row.attempts + 1, version=row.version + 1
+            )
+        return None
+
+    def complete(self, claim: Claim, result: Any = None, *, connection: Any = None) -> bool:
+        """Mark the claim completed (in ``connection``'s transaction when given)."""
+        return self.store.finish(
+            claim.message_id,
+            claim.handler_key,
+            claim.version,
+            Status.COMPLETED,
+            utcnow(),
+            result=self.encode_result(result),
+            connection=connection,
+        )
+
+    def fail(self, claim: Claim, error: str) -> bool:
+        """Record that the run raised, so a retry may claim at once instead of waiting a lease."""
+        return self.store.finish(
+            claim.message_id, claim.handler_key, claim.version, Status.FAILED, utcnow(), error=error
+        )
+
+    def save_result(self, claim: Claim, result: Any) -> None:
+        """Attach a return value computed after the completion mark was committed."""
+        encoded = self.encode_result(result)
+        if encoded is not None:
+            self.store.save_result(claim.message_id, claim.handler_key, encoded)
+
+    def encode_result(self, result: Any) -> str | None:
+        if result is None or not self.store_results:
+            return None
+        try:
+            return str(dumps(result))
+        except (TypeError, ValueError):
+            logger.warning("result of type %s is not JSON-serializable; not stored", type(result))
+            return None
+
+    @staticmethod
+    def decode_result(encoded: str | None) -> Any:
+        return None if encoded is None else loads(encoded)

@@ -1,0 +1,42 @@
+"""The identity of a message as the inbox sees it.
+
+The message id is the Celery task id, unless the sender set the ``reliable_message_id``
+header to a business key (``order-42-charge``) so that two sends of the same business
+action count as one message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from .exceptions import InvalidMessageId
+from .store.tables import KEY_LENGTH
+
+MESSAGE_ID_HEADER = "reliable_message_id"
+
+
+def validate_message_id(value: object, *, source: str = "message id") -> str:
+    """Return ``value`` if it can identify a message; raise InvalidMessageId saying why not.
+
+    Surrounding white space is refused because MySQL compares keys ignoring trailing blanks:
+    ``"a"`` and ``"a "`` would be one message there and two elsewhere.
+    """
+    if not isinstance(value, str):
+        raise InvalidMessageId(f"{source} must be a string, got {type(value).__name__}: {value!r}")
+    if not value:
+        raise InvalidMessageId(f"{source} must not be empty")
+    if len(value) > KEY_LENGTH:
+        raise InvalidMessageId(f"{source} is {len(value)} characters long; at most {KEY_LENGTH}")
+    if value != value.strip():
+        raise InvalidMessageId(f"{source} {value!r} must not start or end with white space")
+    return value
+
+
+def message_id_from(task_id: str | None, headers: Mapping[str, Any] | None) -> str:
+    """The message id of a delivery: the header if the sender set one, else the task id."""
+    if headers and MESSAGE_ID_HEADER in headers:
+        return validate_message_id(
+            headers[MESSAGE_ID_HEADER], source=f"header {MESSAGE_ID_HEADER!r}"
+        )
+    return validate_message_id(task_id, source="task id")

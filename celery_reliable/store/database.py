@@ -1,0 +1,111 @@
+"""SQLAlchemy engines for the store, re-created in every forked process.
+
+Two engines share one URL: ``engine`` for the caller's transactions (``self.transaction()``)
+and ``autocommit`` for the inbox's single-statement writes, so that a claim or a completion
+costs one round trip instead of BEGIN + statement + COMMIT. SQLite has no server round
+trips; there both are one engine whose transactions start with ``BEGIN IMMEDIATE``, which
+keeps concurrent worker processes on one host from deadlocking on lock upgrades.
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+from ..exceptions import ConfigurationError
+
+_DRIVER_HINTS = {
+    "psycopg": "pip install 'celery-reliable[postgres]'",
+    "pymysql": "pip install 'celery-reliable[mysql]'",
+}
+_LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
+
+
+class Database:
+    """The store's engines for the current process."""
+
+    def __init__(self, url: str, engine_options: Mapping[str, Any] | None = None) -> None:
+        self.url = make_url(url)
+        self._options = dict(engine_options or {})
+        self._engine: Engine | None = None
+        self._autocommit: Engine | None = None
+        _LIVE.add(self)
+
+    @property
+    def dialect(self) -> str:
+        """The backend name: ``postgresql``, ``mysql``, ``mariadb`` or ``sqlite``."""
+        return self.url.get_backend_name()
+
+    @property
+    def engine(self) -> Engine:
+        """The transactional engine (sessions, migrations)."""
+        if self._engine is None:
+            self._engine = self._create()
+        return self._engine
+
+    @property
+    def autocommit(self) -> Engine:
+        """The engine for single-statement writes that commit on their own."""
+        if self.dialect == "sqlite":
+            return self.engine
+        if self._autocommit is None:
+            self._autocommit = self._create(isolation_level="AUTOCOMMIT")
+        return self._autocommit
+
+    def dispose(self) -> None:
+        """Close every pooled connection (tests, shutdown)."""
+        for engine in (self._engine, self._autocommit):
+            if engine is not None:
+                engine.dispose()
+        self._engine = self._autocommit = None
+
+    def _forget_after_fork(self) -> None:
+        # The parent's sockets must not be closed (or used) by the child: detach them.
+        for engine in (self._engine, self._autocommit):
+            if engine is not None:
+                engine.dispose(close=False)
+        self._engine = self._autocommit = None
+
+    def _create(self, **extra: Any) -> Engine:
+        options = {**self._options, **extra}
+        try:
+            engine = create_engine(self.url, **options)
+        except ModuleNotFoundError as exc:
+            hint = _DRIVER_HINTS.get(exc.name or "", "install the database driver")
+            raise ConfigurationError(
+                f"setting 'reliable_database_url': driver {exc.name!r} is missing ({hint})"
+            ) from exc
+        except TypeError as exc:
+            raise ConfigurationError(f"setting 'reliable_engine_options': {exc}") from exc
+        if self.dialect == "sqlite":
+            _make_sqlite_safe(engine)
+        return engine
+
+
+def _make_sqlite_safe(engine: Engine) -> None:
+    """WAL, a busy timeout, and BEGIN IMMEDIATE: SQLite safe for several processes of one host."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _after_fork_in_child() -> None:
+    for database in list(_LIVE):
+        database._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

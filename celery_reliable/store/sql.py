@@ -1,0 +1,192 @@
+"""The SQL adapter of the inbox port: PostgreSQL, MySQL/MariaDB and SQLite.
+
+Statements are built once per store and reused, so the per-task cost is SQLAlchemy's cached
+execution plus one round trip. On PostgreSQL a first claim inserts the message row and the
+status row in one statement (a data-modifying CTE); elsewhere it takes two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Insert, bindparam, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from .base import Status, StatusRow
+from .database import Database
+from .tables import Tables
+
+
+class SqlStore:
+    """Inbox rows in a SQL database."""
+
+    def __init__(self, database: Database, tables: Tables) -> None:
+        self.database = database
+        self.tables = tables
+        message, status = tables.inbox_message, tables.inbox_status
+        pk = (status.c.message_id == bindparam("b_message_id")) & (
+            status.c.handler_key == bindparam("b_handler_key")
+        )
+        fenced = pk & (status.c.version == bindparam("b_expected_version"))
+        self._status_columns = (
+            status.c.handler_key,
+            status.c.status,
+            status.c.attempts,
+            status.c.version,
+            status.c.processing_started_at,
+            status.c.result,
+        )
+        self._get = select(*self._status_columns).where(pk)
+        self._find_completed = (
+            select(*self._status_columns)
+            .where(status.c.message_id == bindparam("b_message_id"))
+            .where(status.c.handler_key.in_(bindparam("b_handler_keys", expanding=True)))
+            .where(status.c.status == Status.COMPLETED.value)
+            .limit(1)
+        )
+        self._take_over = (
+            update(status)
+            .where(fenced)
+            .values(
+                status=Status.PROCESSING.value,
+                attempts=status.c.attempts + 1,
+                version=status.c.version + 1,
+                owner=bindparam("b_owner"),
+                processing_started_at=bindparam("b_now"),
+            )
+        )
+        self._finish = (
+            update(status)
+            .where(fenced)
+            .values(
+                status=bindparam("b_new_status"),
+                version=status.c.version + 1,
+                completed_at=bindparam("b_completed_at"),
+                result=bindparam("b_result"),
+                last_error=bindparam("b_error"),
+            )
+        )
+        self._save_result = (
+            update(status)
+            .where(pk & (status.c.status == Status.COMPLETED.value))
+            .values(result=bindparam("b_result"))
+        )
+        first_status = {
+            "message_id": bindparam("b_message_id"),
+            "handler_key": bindparam("b_handler_key"),
+            "status": Status.PROCESSING.value,
+            "attempts": 1,
+            "version": 1,
+            "owner": bindparam("b_owner"),
+            "processing_started_at": bindparam("b_now"),
+        }
+        first_message = {
+            "message_id": bindparam("b_m_message_id"),
+            "task_name": bindparam("b_task_name"),
+            "first_seen_at": bindparam("b_m_now"),
+        }
+        self._insert_message: Insert | None = None
+        dialect = database.dialect
+        if dialect == "postgresql":
+            seen = (
+                postgresql.insert(message).values(first_message).on_conflict_do_nothing().cte("m")
+            )
+            self._insert_status: Insert = (
+                postgresql.insert(status).values(first_status).on_conflict_do_nothing()
+            ).add_cte(seen)
+        elif dialect == "sqlite":
+            self._insert_message = (
+                sqlite.insert(message).values(first_message).on_conflict_do_nothing()
+            )
+            self._insert_status = sqlite.insert(status).values(first_status).on_conflict_do_nothing()
+        else:  # mysql, mariadb
+            self._insert_message = insert(message).values(first_message).prefix_with("IGNORE")
+            self._insert_status = insert(status).values(first_status).prefix_with("IGNORE")
+
+    def insert_claim(
+        self, message_id: str, handler_key: str, task_name: str, now: datetime, owner: str
+    ) -> bool:
+        params = {
+            "b_message_id": message_id,
+            "b_handler_key": handler_key,
+            "b_owner": owner,
+            "b_now": now,
+            "b_m_message_id": message_id,
+            "b_task_name": task_name,
+            "b_m_now": now,
+        }
+        with self.database.autocommit.begin() as conn:
+            if self._insert_message is not None:
+                conn.execute(self._insert_message, params)
+            return conn.execute(self._insert_status, params).rowcount == 1
+
+    def get_status(self, message_id: str, handler_key: str) -> StatusRow | None:
+        with self.database.autocommit.connect() as conn:
+            row = conn.execute(
+                self._get, {"b_message_id": message_id, "b_handler_key": handler_key}
+            ).first()
+        return None if row is None else _status_row(row)
+
+    def find_completed(self, message_id: str, handler_keys: Sequence[str]) -> StatusRow | None:
+        with self.database.autocommit.connect() as conn:
+            row = conn.execute(
+                self._find_completed, {"b_message_id": message_id, "b_handler_keys": list(handler_keys)}
+            ).first()
+        return None if row is None else _status_row(row)
+
+    def take_over(
+        self, message_id: str, handler_key: str, expected_version: int, now: datetime, owner: str
+    ) -> bool:
+        params = {
+            "b_message_id": message_id,
+            "b_handler_key": handler_key,
+            "b_expected_version": expected_version,
+            "b_owner": owner,
+            "b_now": now,
+        }
+        with self.database.autocommit.begin() as conn:
+            return conn.execute(self._take_over, params).rowcount == 1
+
+    def finish(
+        self,
+        message_id: str,
+        handler_key: str,
+        expected_version: int,
+        status: Status,
+        now: datetime,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        connection: Connection | None = None,
+    ) -> bool:
+        params = {
+            "b_message_id": message_id,
+            "b_handler_key": handler_key,
+            "b_expected_version": expected_version,
+            "b_new_status": status.value,
+            "b_completed_at": now if status is Status.COMPLETED else None,
+            "b_result": result,
+            "b_error": error,
+        }
+        if connection is not None:
+            return connection.execute(self._finish, params).rowcount == 1
+        with self.database.autocommit.begin() as conn:
+            return conn.execute(self._finish, params).rowcount == 1
+
+    def save_result(self, message_id: str, handler_key: str, result: str) -> None:
+        params = {"b_message_id": message_id, "b_handler_key": handler_key, "b_result": result}
+        with self.database.autocommit.begin() as conn:
+            conn.execute(self._save_result, params)
+
+
+def _status_row(row: Any) -> StatusRow:
+    return StatusRow(
+        handler_key=row.handler_key,
+        status=Status(row.status),
+        attempts=row.attempts,
+        version=row.version,
+        processing_started_at=row.processing_started_at,
+        result=row.result,
+    )

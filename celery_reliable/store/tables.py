@@ -1,0 +1,97 @@
+"""The declared schema. Migrations must produce exactly this (tests/integration/test_schema.py).
+
+Every table name carries the configured prefix, so one database can hold several apps' stores
+and the tests can give each test its own tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy.dialects import mysql
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+KEY_LENGTH = 255
+
+#: Message ids and handler keys: case-sensitive everywhere (MySQL's default collation is not).
+Key = String(KEY_LENGTH).with_variant(
+    mysql.VARCHAR(KEY_LENGTH, collation="utf8mb4_bin"), "mysql", "mariadb"
+)
+#: Tracebacks and results: MySQL's TEXT stops at 64 KiB.
+LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on every dialect.
+
+    Stored naive in UTC because MySQL and SQLite keep no zone; microseconds are kept on MySQL
+    (DATETIME(6)) since lease comparisons need sub-second precision.
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the reliable store; use UTC-aware values")
+        return value.astimezone(timezone.utc).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The tables of one store, named with its prefix."""
+
+    prefix: str
+    metadata: MetaData
+    inbox_message: Table
+    inbox_status: Table
+
+    @property
+    def version_table(self) -> str:
+        """Alembic's version table, prefixed so it never meets the application's own."""
+        return f"{self.prefix}alembic_version"
+
+
+@lru_cache(maxsize=None)
+def build_tables(prefix: str) -> Tables:
+    """Declare the tables for ``prefix`` (cached: statements compiled once per prefix)."""
+    metadata = MetaData()
+    inbox_message = Table(
+        f"{prefix}inbox_message",
+        metadata,
+        Column("message_id", Key, primary_key=True),
+        Column("task_name", String(KEY_LENGTH), nullable=False),
+        Column("first_seen_at", UTCDateTime(), nullable=False),
+    )
+    inbox_status = Table(
+        f"{prefix}inbox_status",
+        metadata,
+        Column("message_id", Key, primary_key=True),
+        Column("handler_key", Key, primary_key=True),
+        # processing | failed | completed | poisoned (see celery_reliable.inbox.Status)
+        Column("status", String(16), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        # Fencing token: every claim bumps it; completion must match it or it changes nothing.
+        Column("version", Integer, nullable=False),
+        Column("owner", String(KEY_LENGTH)),
+        Column("last_error", LongText),
+        Column("processing_started_at", UTCDateTime()),
+        Column("completed_at", UTCDateTime()),
+        Column("result", LongText),
+    )
+    return Tables(prefix, metadata, inbox_message, inbox_status)

@@ -93,9 +93,14 @@ class SqlStore:
             seen = (
                 postgresql.insert(message).values(first_message).on_conflict_do_nothing().cte("m")
             )
+            # RETURNING, not rowcount: psycopg reports -1 for a statement with a DML CTE.
             self._insert_status: Insert = (
-                postgresql.insert(status).values(first_status).on_conflict_do_nothing()
-            ).add_cte(seen)
+                postgresql.insert(status)
+                .values(first_status)
+                .on_conflict_do_nothing()
+                .returning(status.c.version)
+                .add_cte(seen)
+            )
         elif dialect == "sqlite":
             self._insert_message = (
                 sqlite.insert(message).values(first_message).on_conflict_do_nothing()
@@ -120,7 +125,10 @@ class SqlStore:
         with self.database.autocommit.begin() as conn:
             if self._insert_message is not None:
                 conn.execute(self._insert_message, params)
-            return conn.execute(self._insert_status, params).rowcount == 1
+            result = conn.execute(self._insert_status, params)
+            if result.returns_rows:
+                return result.first() is not None
+            return result.rowcount == 1
 
     def get_status(self, message_id: str, handler_key: str) -> StatusRow | None:
         with self.database.autocommit.connect() as conn:

@@ -1,0 +1,140 @@
+"""The inbox against each real database: claims, fencing, duplicates, poison, races."""
+
+import threading
+from collections import Counter
+
+import pytest
+from sqlalchemy import select
+
+from celery_reliable import Reliable
+from celery_reliable.inbox import Outcome
+from celery_reliable.store.base import Status
+
+from ..support import make_app
+
+
+@pytest.fixture
+def reliable(db_url, table_prefix):
+    ext = Reliable.of(make_app("memory://", db_url, table_prefix, reliable_max_attempts=3))
+    ext.create_schema()
+    yield ext
+    ext.database.dispose()
+
+
+def claim(reliable, message_id="m-1", key="k", **kwargs):
+    return reliable.inbox.claim(message_id, key, task_name="t", owner="test", **kwargs)
+
+
+def status_of(reliable, message_id="m-1", key="k"):
+    return reliable.store.get_status(message_id, key)
+
+
+def test_first_delivery_runs_and_records_both_rows(reliable):
+    first = claim(reliable)
+    assert (first.outcome, first.attempts, first.version) == (Outcome.RUN, 1, 1)
+    with reliable.database.engine.connect() as conn:
+        message = conn.execute(select(reliable.tables.inbox_message)).one()
+    assert (message.message_id, message.task_name) == ("m-1", "t")
+    assert message.first_seen_at.tzinfo is not None
+    assert status_of(reliable).status is Status.PROCESSING
+
+
+def test_completed_message_is_a_duplicate_with_its_result(reliable):
+    first = claim(reliable)
+    assert reliable.inbox.complete(first, {"charged": 5})
+    again = claim(reliable, redelivered=True)
+    assert again.outcome is Outcome.DUPLICATE
+    assert reliable.inbox.decode_result(again.result) == {"charged": 5}
+
+
+def test_live_claim_makes_a_second_delivery_wait_and_a_redelivery_take_over(reliable):
+    first = claim(reliable)
+    assert claim(reliable).outcome is Outcome.IN_FLIGHT
+    second = claim(reliable, redelivered=True)
+    assert (second.outcome, second.attempts, second.version) == (Outcome.RUN, 2, 2)
+    # The superseded run can no longer complete: its writes would double the effect.
+    assert not reliable.inbox.complete(first, "stale")
+    assert reliable.inbox.complete(second, "fresh")
+    assert reliable.inbox.decode_result(status_of(reliable).result) == "fresh"
+
+
+def test_a_failed_run_is_claimed_again_at_once(reliable):
+    first = claim(reliable)
+    assert reliable.inbox.fail(first, "ValueError: boom")
+    retry = claim(reliable)
+    assert (retry.outcome, retry.attempts) == (Outcome.RUN, 2)
+
+
+def test_max_attempts_quarantines_and_keeps_the_row(reliable):
+    for attempt in (1, 2, 3):
+        run = claim(reliable, redelivered=True)
+        assert (run.outcome, run.attempts) == (Outcome.RUN, attempt)
+    poisoned = claim(reliable, redelivered=True)
+    assert poisoned.outcome is Outcome.POISONED
+    assert claim(reliable, redelivered=True).outcome is Outcome.POISONED
+    row = status_of(reliable)
+    assert (row.status, row.attempts) == (Status.POISONED, 3)
+
+
+def test_legacy_keys_count_as_done(reliable):
+    old = claim(reliable, key="charge_card")
+    assert reliable.inbox.complete(old, 7)
+    renamed = claim(reliable, key="billing.charge-card", legacy_keys=("charge_card",))
+    assert renamed.outcome is Outcome.DUPLICATE
+    assert reliable.inbox.decode_result(renamed.result) == 7
+    assert claim(reliable, key="billing.refund").outcome is Outcome.RUN
+
+
+def test_handler_keys_and_message_ids_are_independent_and_case_sensitive(reliable):
+    assert claim(reliable, "Order-1").outcome is Outcome.RUN
+    assert claim(reliable, "order-1").outcome is Outcome.RUN
+    assert claim(reliable, "order-1", key="other").outcome is Outcome.RUN
+    assert claim(reliable, "ordér-1 ✓").outcome is Outcome.RUN
+
+
+def test_completion_inside_a_rolled_back_transaction_leaves_the_claim_open(reliable):
+    run = claim(reliable)
+    with reliable.database.engine.connect() as conn:
+        transaction = conn.begin()
+        assert reliable.inbox.complete(run, 1, connection=conn)
+        transaction.rollback()
+    assert status_of(reliable).status is Status.PROCESSING
+    assert reliable.inbox.complete(run, 1)
+
+
+def test_racing_deliveries_run_the_message_once(reliable):
+    """Eight threads (own connections) claim one message at once: exactly one may run."""
+    barrier = threading.Barrier(8)
+    outcomes: list[Outcome] = []
+
+    def deliver():
+        barrier.wait()
+        outcomes.append(claim(reliable, "race", redelivered=False).outcome)
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert Counter(outcomes) == {Outcome.RUN: 1, Outcome.IN_FLIGHT: 7}
+
+
+def test_racing_redeliveries_take_over_once(reliable):
+    """Redelivered copies race for a crashed claim: the version fence lets one through."""
+    claim(reliable, "crashed")
+    barrier = threading.Barrier(6)
+    outcomes: list[Outcome] = []
+
+    def redeliver():
+        barrier.wait()
+        outcomes.append(claim(reliable, "crashed", redelivered=True).outcome)
+
+    threads = [threading.Thread(target=redeliver) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    # Each winner bumps the version; a loser re-reads and, being redelivered too, may win next.
+    # What must hold: every RUN had its own version, so at most one can ever complete.
+    assert outcomes.count(Outcome.RUN) >= 1
+    assert status_of(reliable, "crashed").attempts == 1 + outcomes.count(Outcome.RUN)

@@ -1,0 +1,44 @@
+"""The schema built by the shipped migrations is exactly the declared one, on every database."""
+
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from celery_reliable import Reliable
+from celery_reliable.store import migrate
+
+from ..support import make_app
+
+
+def test_migrated_schema_equals_declared_tables(db_url, table_prefix):
+    ext = Reliable.of(make_app("memory://", db_url, table_prefix))
+    assert migrate.current(ext.database, ext.tables) is None
+    ext.create_schema()
+    ours = {t.name for t in ext.tables.metadata.sorted_tables}
+
+    def include_name(name, type_, parent_names):
+        return type_ != "table" or name in ours
+
+    with ext.database.engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_name": include_name}
+        )
+        assert compare_metadata(context, ext.tables.metadata) == []
+        assert ours <= set(inspect(conn).get_table_names())
+    assert migrate.current(ext.database, ext.tables) == migrate.head(ext.database, ext.tables)
+    ext.database.dispose()
+
+
+def test_upgrade_is_idempotent_and_prefixes_keep_stores_apart(db_url, table_prefix):
+    first = Reliable.of(make_app("memory://", db_url, table_prefix))
+    first.create_schema()
+    first.create_schema()
+    other_prefix = table_prefix + "b_"
+    second = Reliable.of(make_app("memory://", db_url, other_prefix))
+    assert migrate.current(second.database, second.tables) is None
+    second.create_schema()
+    with first.database.engine.connect() as conn:
+        names = set(inspect(conn).get_table_names())
+    assert {f"{table_prefix}inbox_status", f"{other_prefix}inbox_status"} <= names
+    for ext in (first, second):
+        ext.database.dispose()

@@ -1,0 +1,80 @@
+from datetime import timedelta
+
+import pytest
+
+from celery_reliable import ConfigurationError
+from celery_reliable.durations import parse_duration
+from celery_reliable.settings import Settings, documented_settings
+
+
+def test_defaults_give_a_sqlite_file_in_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    settings = Settings.from_conf({})
+    assert settings.database_url == f"sqlite:///{tmp_path}/reliable.sqlite3"
+    assert settings.table_prefix == "reliable_"
+    assert settings.max_attempts == 10
+    assert settings.stuck_threshold == timedelta(minutes=5)
+    assert settings.engine_options == {}
+
+
+def test_values_are_read_and_converted():
+    settings = Settings.from_conf(
+        {
+            "reliable_database_url": "postgresql+psycopg://u@h/db",
+            "reliable_stuck_threshold": "90s",
+            "reliable_max_attempts": 3,
+            "reliable_engine_options": {"pool_size": 2},
+            "other_setting": object(),  # not ours: ignored
+        }
+    )
+    assert settings.stuck_threshold == timedelta(seconds=90)
+    assert settings.max_attempts == 3
+    assert settings.engine_options == {"pool_size": 2}
+
+
+def test_unknown_reliable_key_is_refused_by_name():
+    with pytest.raises(ConfigurationError, match="'reliable_max_atempts'"):
+        Settings.from_conf({"reliable_max_atempts": 3})
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("reliable_max_attempts", 0),
+        ("reliable_max_attempts", "3"),
+        ("reliable_max_attempts", True),
+        ("reliable_stuck_threshold", "soon"),
+        ("reliable_stuck_threshold", -5),
+        ("reliable_table_prefix", "drop table;"),
+        ("reliable_table_prefix", ""),
+        ("reliable_database_url", "not a url"),
+        ("reliable_database_url", 42),
+        ("reliable_engine_options", ["pool_size"]),
+        ("reliable_store_results", "yes"),
+    ],
+)
+def test_bad_values_name_the_key(key, value):
+    with pytest.raises(ConfigurationError, match=f"'{key}'"):
+        Settings.from_conf({key: value})
+
+
+def test_every_setting_is_documented():
+    documented = documented_settings()
+    assert {key for key, _, _ in documented} == {
+        "reliable_" + name for name in Settings.__dataclass_fields__
+    }
+    assert all(doc.strip() for _, _, doc in documented)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30d", 30 * 86400), ("12h", 43200), ("5m", 300), ("500ms", 0.5), ("7", 7), (2.5, 2.5)],
+)
+def test_durations(text, seconds):
+    assert parse_duration(text).total_seconds() == seconds
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "-1s", "0", None, True])
+def test_bad_durations(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)

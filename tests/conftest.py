@@ -17,6 +17,17 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return _database_url(request.param, tmp_path)
 
 
+@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mysql"])
+def module_db(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
+    """(store URL, table prefix) shared by one module's tests, once per database."""
+    url = _database_url(request.param, tmp_path_factory.mktemp(request.param))
+    prefix = unique()
+    yield url, prefix
+    drop_store(url, prefix)
+
+
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker_url(request: pytest.FixtureRequest) -> str:
     """A real broker URL, once per broker."""

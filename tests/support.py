@@ -97,6 +97,8 @@ def make_app(
         task_default_queue=f"q_{table_prefix}",
         broker_connection_retry_on_startup=True,
         worker_hijack_root_logger=False,
+        # The in-memory transport polls; the default second makes every test wait seconds.
+        broker_transport_options={"polling_interval": 0.01} if broker_url == "memory://" else {},
         **conf,
     )
     Reliable(app)

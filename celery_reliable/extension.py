@@ -14,8 +14,7 @@ from celery import Celery, bootsteps
 from .exceptions import ConfigurationError
 from .inbox import Inbox
 from .settings import Settings
-from .store import Database, SqlStore, build_tables
-from .store import migrate
+from .store import Database, SqlStore, build_tables, migrate
 from .store.tables import KEY_LENGTH, Tables
 
 if TYPE_CHECKING:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from kombu.utils.json import dumps, loads
+from kombu.utils import json as kombu_json
 
 from .exceptions import ReliableError
 from .store.base import InboxStore, Status, StatusRow
@@ -162,14 +162,18 @@ class Inbox:
     ) -> Claim | None:
         """Carry out ``action``; None when a concurrent delivery moved the row first."""
         if action is Action.DUPLICATE:
-            return Claim(Outcome.DUPLICATE, message_id, handler_key, row.attempts, result=row.result)
+            return Claim(
+                Outcome.DUPLICATE, message_id, handler_key, row.attempts, result=row.result
+            )
         if action is Action.ALREADY_POISONED:
             return Claim(Outcome.POISONED, message_id, handler_key, row.attempts)
         if action is Action.IN_FLIGHT:
             assert row.processing_started_at is not None
             lease_left = row.processing_started_at + self.stuck_threshold - now
             retry_in = max(min(lease_left, IN_FLIGHT_RECHECK), timedelta(seconds=0.1))
-            return Claim(Outcome.IN_FLIGHT, message_id, handler_key, row.attempts, retry_in=retry_in)
+            return Claim(
+                Outcome.IN_FLIGHT, message_id, handler_key, row.attempts, retry_in=retry_in
+            )
         if action is Action.POISON:
             error = f"quarantined after {row.attempts} attempts (reliable_max_attempts)"
             if self.store.finish(
@@ -212,11 +216,11 @@ class Inbox:
         if result is None or not self.store_results:
             return None
         try:
-            return str(dumps(result))
+            return str(kombu_json.dumps(result))  # type: ignore[no-untyped-call]
         except (TypeError, ValueError):
             logger.warning("result of type %s is not JSON-serializable; not stored", type(result))
             return None
 
     @staticmethod
     def decode_result(encoded: str | None) -> Any:
-        return None if encoded is None else loads(encoded)
+        return None if encoded is None else kombu_json.loads(encoded)  # type: ignore[no-untyped-call]

@@ -85,9 +85,7 @@ class Settings:
         "reliable_", _table_prefix, "Prefix of every table (and of the migration version table)."
     )
     engine_options: Mapping[str, Any] = _setting(
-        None,
-        _mapping,
-        "Extra keyword arguments for `sqlalchemy.create_engine` (pool sizes, ...)."
+        None, _mapping, "Extra keyword arguments for `sqlalchemy.create_engine` (pool sizes, ...)."
     )
     max_attempts: int = _setting(
         10,

@@ -168,7 +168,9 @@ class ReliableTask(Task):  # type: ignore[misc]
             logger.warning("could not record the failure of %s", claim.message_id, exc_info=True)
 
     def _finish_duplicate(self, request: Any, inbox: Inbox, claim: Claim) -> NoReturn:
-        logger.info("message %s (%s) already processed: skipped", claim.message_id, claim.handler_key)
+        logger.info(
+            "message %s (%s) already processed: skipped", claim.message_id, claim.handler_key
+        )
         if not request.ignore_result and not isinstance(self.backend, DisabledBackend):
             self.update_state(request.id, DUPLICATE, inbox.decode_result(claim.result))
         raise Ignore()

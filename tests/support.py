@@ -41,7 +41,9 @@ T = TypeVar("T")
 def _reachable(service: str) -> bool:
     url = urlsplit(SERVICES[service])
     try:
-        with socket.create_connection((url.hostname or "127.0.0.1", url.port or _PORTS[service]), 2):
+        with socket.create_connection(
+            (url.hostname or "127.0.0.1", url.port or _PORTS[service]), 2
+        ):
             return True
     except OSError:
         return False
@@ -91,16 +93,26 @@ def make_app(
 ) -> Celery:
     """A Celery app with the extension, its own queue and its own store tables."""
     app = Celery(f"test_{table_prefix}", broker=broker_url, backend=backend, set_as_current=False)
-    app.conf.update(
-        reliable_database_url=database_url,
-        reliable_table_prefix=table_prefix,
-        task_default_queue=f"q_{table_prefix}",
-        broker_connection_retry_on_startup=True,
-        worker_hijack_root_logger=False,
-        # The in-memory transport polls; the default second makes every test wait seconds.
-        broker_transport_options={"polling_interval": 0.01} if broker_url == "memory://" else {},
-        **conf,
-    )
+    settings: dict[str, Any] = {
+        "reliable_database_url": database_url,
+        "reliable_table_prefix": table_prefix,
+        "task_default_queue": f"q_{table_prefix}",
+        "broker_connection_retry_on_startup": True,
+        "worker_hijack_root_logger": False,
+        # Redis: a killed worker's messages come back after seconds, not the default hour.
+        # In-memory transport: it polls, and the default second would slow every test.
+        "broker_transport_options": (
+            {"polling_interval": 0.01}
+            if broker_url == "memory://"
+            else {
+                "visibility_timeout": 3,
+                "unacked_restore_interval": 1,
+                "unacked_restore_throttle": 1,
+            }
+        ),
+    }
+    settings.update(conf)
+    app.conf.update(settings)
     Reliable(app)
     return app
 

@@ -6,7 +6,7 @@ errors (one line, exit 2).
 
 from __future__ import annotations
 
-from .base import reliable
 from . import db as _db  # noqa: F401  (registers the ``db`` group)
+from .base import reliable
 
 __all__ = ["reliable"]

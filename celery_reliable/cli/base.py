@@ -6,8 +6,8 @@ from typing import Any
 
 import click
 
-from ..exceptions import ConfigurationError
-from ..extension import Reliable
+from celery_reliable.exceptions import ConfigurationError
+from celery_reliable.extension import Reliable
 
 
 @click.group(name="reliable")

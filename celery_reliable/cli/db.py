@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..store import migrate
+from celery_reliable.store import migrate
+
 from .base import extension, reliable
 
 
@@ -20,8 +21,10 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     """Apply the shipped migrations up to REVISION."""
     ext = extension(ctx)
     migrate.upgrade(ext.database, ext.tables, revision)
-    click.echo(f"store at revision {migrate.current(ext.database, ext.tables)} "
-               f"({ext.database.url.render_as_string(hide_password=True)})")
+    click.echo(
+        f"store at revision {migrate.current(ext.database, ext.tables)} "
+        f"({ext.database.url.render_as_string(hide_password=True)})"
+    )
 
 
 @db.command()

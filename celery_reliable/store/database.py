@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-from ..exceptions import ConfigurationError
+from celery_reliable.exceptions import ConfigurationError
 
 _DRIVER_HINTS = {
     "psycopg": "pip install 'celery-reliable[postgres]'",

@@ -33,9 +33,7 @@ def upgrade(database: Database, tables: Tables, revision: str = "head") -> None:
 def current(database: Database, tables: Tables) -> str | None:
     """The revision the store is at; None before the first upgrade."""
     with database.engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn, opts={"version_table": tables.version_table}
-        )
+        context = MigrationContext.configure(conn, opts={"version_table": tables.version_table})
         return context.get_current_revision()
 
 

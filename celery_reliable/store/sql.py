@@ -73,7 +73,7 @@ class SqlStore:
             .where(pk & (status.c.status == Status.COMPLETED.value))
             .values(result=bindparam("b_result"))
         )
-        first_status = {
+        first_status: dict[str, Any] = {
             "message_id": bindparam("b_message_id"),
             "handler_key": bindparam("b_handler_key"),
             "status": Status.PROCESSING.value,
@@ -82,7 +82,7 @@ class SqlStore:
             "owner": bindparam("b_owner"),
             "processing_started_at": bindparam("b_now"),
         }
-        first_message = {
+        first_message: dict[str, Any] = {
             "message_id": bindparam("b_m_message_id"),
             "task_name": bindparam("b_task_name"),
             "first_seen_at": bindparam("b_m_now"),
@@ -105,7 +105,9 @@ class SqlStore:
             self._insert_message = (
                 sqlite.insert(message).values(first_message).on_conflict_do_nothing()
             )
-            self._insert_status = sqlite.insert(status).values(first_status).on_conflict_do_nothing()
+            self._insert_status = (
+                sqlite.insert(status).values(first_status).on_conflict_do_nothing()
+            )
         else:  # mysql, mariadb
             self._insert_message = insert(message).values(first_message).prefix_with("IGNORE")
             self._insert_status = insert(status).values(first_status).prefix_with("IGNORE")
@@ -140,7 +142,8 @@ class SqlStore:
     def find_completed(self, message_id: str, handler_keys: Sequence[str]) -> StatusRow | None:
         with self.database.autocommit.connect() as conn:
             row = conn.execute(
-                self._find_completed, {"b_message_id": message_id, "b_handler_keys": list(handler_keys)}
+                self._find_completed,
+                {"b_message_id": message_id, "b_handler_keys": list(handler_keys)},
             ).first()
         return None if row is None else _status_row(row)
 

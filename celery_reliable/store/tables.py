@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
@@ -67,7 +67,7 @@ class Tables:
         return f"{self.prefix}alembic_version"
 
 
-@lru_cache(maxsize=None)
+@cache
 def build_tables(prefix: str) -> Tables:
     """Declare the tables for ``prefix`` (cached: statements compiled once per prefix)."""
     metadata = MetaData()

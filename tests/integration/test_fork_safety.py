@@ -4,8 +4,7 @@ import os
 
 from celery_reliable import Reliable
 from celery_reliable.inbox import Outcome
-
-from ..support import make_app
+from tests.support import make_app
 
 
 def test_a_forked_child_gets_its_own_connections(db_url, table_prefix):

@@ -9,8 +9,7 @@ from sqlalchemy import select
 from celery_reliable import Reliable
 from celery_reliable.inbox import Outcome
 from celery_reliable.store.base import Status
-
-from ..support import make_app
+from tests.support import make_app
 
 
 @pytest.fixture

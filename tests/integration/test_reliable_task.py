@@ -13,8 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, t
 
 from celery_reliable import DUPLICATE, MESSAGE_ID_HEADER, Reliable, ReliableTask
 from celery_reliable.store.base import Status
-
-from ..support import make_app, wait_for
+from tests.support import make_app, wait_for
 
 
 class Harness:

@@ -6,8 +6,7 @@ from sqlalchemy import inspect
 
 from celery_reliable import Reliable
 from celery_reliable.store import migrate
-
-from ..support import make_app
+from tests.support import make_app
 
 
 def test_migrated_schema_equals_declared_tables(db_url, table_prefix):

@@ -1,6 +1,5 @@
-from celery import Celery
-
 import pytest
+from celery import Celery
 
 from celery_reliable import ConfigurationError, Reliable, ReliableTask
 
@@ -34,7 +33,7 @@ def test_two_tasks_claiming_one_handler_key_is_a_configuration_error():
     def charge_again():
         pass
 
-    with pytest.raises(ConfigurationError, match="'billing.charge' is claimed by both"):
+    with pytest.raises(ConfigurationError, match=r"'billing\.charge' is claimed by both"):
         reliable.check()
 
 

@@ -1,0 +1,91 @@
+"""A real broker + store + `celery worker` processes running tests/acceptance/worker_app.py."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from celery_reliable import MESSAGE_ID_HEADER, Reliable
+from tests.support import (
+    WorkerProcess,
+    database_url,
+    drop_store,
+    make_app,
+    require,
+    unique,
+    worker_process,
+)
+
+APP = "tests.acceptance.worker_app"
+
+
+class Stack:
+    def __init__(self, broker: str, db: str, directory: Path) -> None:
+        self.broker, self.db, self.dir = broker, db, directory
+        self.prefix = unique()
+        self.env = {
+            "RT_BROKER": broker,
+            "RT_DB": db,
+            "RT_PREFIX": self.prefix,
+            "RT_DIR": str(directory),
+        }
+        self.producer = make_app(broker, db, self.prefix, backend="disabled://")
+        self.reliable = Reliable.of(self.producer)
+        self.reliable.create_schema()
+        from sqlalchemy import Column, MetaData, String, Table
+
+        self.effects = Table(f"{self.prefix}effects", MetaData(), Column("message_id", String(255)))
+        self.effects.create(self.reliable.database.engine)
+        self._workers = 0
+
+    @contextmanager
+    def worker(self, *extra: str, **env: str) -> Iterator[WorkerProcess]:
+        self._workers += 1
+        log = self.dir / f"worker-{self._workers}.log"
+        args = ("-P", "prefork", "-c", "1", "--without-mingle", "--without-gossip", *extra)
+        with worker_process(APP, {**self.env, **env}, log, *args) as worker:
+            yield worker
+
+    def send(self, task: str, *args: object) -> str:
+        message_id = f"{task}-{uuid.uuid4()}"
+        self.producer.send_task(task, args, headers={MESSAGE_ID_HEADER: message_id})
+        return message_id
+
+    def status(self, message_id: str, key: str):
+        return self.reliable.store.get_status(message_id, key)
+
+    def effect_count(self) -> int:
+        with self.reliable.database.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(self.effects)).scalar_one()
+
+    def count(self, name: str) -> int:
+        path = self.dir / name
+        return len(path.read_text().split()) if path.exists() else 0
+
+    def close(self) -> None:
+        with self.producer.connection_for_write() as conn:
+            conn.default_channel.queue_delete(f"q_{self.prefix}")
+        self.reliable.database.dispose()
+        drop_store(self.db, self.prefix)
+
+
+#: Each broker with PostgreSQL, plus the other stores once each.
+STACKS = [
+    ("redis", "postgresql"),
+    ("rabbitmq", "postgresql"),
+    ("redis", "sqlite"),
+    ("rabbitmq", "mysql"),
+]
+
+
+@pytest.fixture(params=STACKS, ids=["-".join(s) for s in STACKS])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    broker_kind, db_kind = request.param
+    s = Stack(require(broker_kind), database_url(db_kind, tmp_path), tmp_path)
+    yield s
+    s.close()

@@ -1,0 +1,86 @@
+"""`celery -A app reliable ...` and `celery worker` start-up, run as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import ROOT, drop_store, unique
+
+APP = "tests.acceptance.worker_app"
+
+
+@pytest.fixture
+def env(db_url, tmp_path):
+    prefix = unique()
+    yield {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RT_BROKER": "memory://",
+        "RT_DB": db_url,
+        "RT_PREFIX": prefix,
+        "RT_DIR": str(tmp_path),
+    }
+    drop_store(db_url, prefix)
+
+
+def celery(env, *args, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", APP, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_db_upgrade_and_current(env):
+    before = celery(env, "reliable", "db", "current")
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.startswith("none (behind head 0001")
+    upgraded = celery(env, "reliable", "db", "upgrade")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert upgraded.stdout.startswith("store at revision 0001")
+    again = celery(env, "reliable", "db", "upgrade")  # idempotent
+    assert again.returncode == 0, again.stderr
+    after = celery(env, "reliable", "db", "current")
+    assert after.stdout.strip() == "0001 (up to date)"
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("reliable_max_attempts", "setting 'reliable_max_attempts'"),
+        ("reliable_max_atempts", "unknown setting 'reliable_max_atempts'"),
+    ],
+)
+def test_a_bad_setting_is_a_one_line_error_with_exit_code_2(env, setting, message):
+    result = celery({**env, "RT_BAD_SETTING": setting}, "reliable", "db", "upgrade")
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_arguments_exit_2(env):
+    result = celery(env, "reliable", "db", "downgrade-everything")
+    assert result.returncode == 2
+    assert "No such command" in result.stderr
+
+
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_a_worker_with_a_bad_setting_refuses_to_start(env, tmp_path: Path):
+    result = celery(
+        {**env, "RT_BAD_SETTING": "reliable_stuck_threshold"},
+        "worker",
+        "-P",
+        "solo",
+        "--without-mingle",
+        "--without-gossip",
+    )
+    assert result.returncode != 0
+    assert "reliable_stuck_threshold" in result.stdout + result.stderr

@@ -1,0 +1,69 @@
+"""The app that acceptance tests run in real ``celery worker`` processes.
+
+Configured from the environment (RT_BROKER, RT_DB, RT_PREFIX, RT_DIR, ...) so that the test
+process, which publishes, and each worker process agree on broker, store, queue and tables.
+Tasks report what they do through files in RT_DIR, and block where a test wants to kill.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+from sqlalchemy import Column, MetaData, String, Table
+
+from celery_reliable import ReliableTask
+from tests.support import make_app
+
+PREFIX = os.environ["RT_PREFIX"]
+DIR = Path(os.environ["RT_DIR"])
+extra = (
+    {"reliable_max_attempts": int(os.environ["RT_MAX_ATTEMPTS"])}
+    if "RT_MAX_ATTEMPTS" in os.environ
+    else {}
+)
+if "RT_BAD_SETTING" in os.environ:
+    extra[os.environ["RT_BAD_SETTING"]] = 0
+
+app = make_app(os.environ["RT_BROKER"], os.environ["RT_DB"], PREFIX, backend="disabled://", **extra)
+app.conf.worker_prefetch_multiplier = 1
+
+metadata = MetaData()
+effects = Table(f"{PREFIX}effects", metadata, Column("message_id", String(255)))
+
+
+def note(name: str) -> None:
+    """Append a line to RT_DIR/name: the tests count lines to see how often things ran."""
+    with (DIR / name).open("a") as f:
+        f.write(f"{os.getpid()}\n")
+
+
+def block_while_held(point: str) -> None:
+    """Announce ``point`` and wait while the test holds the door (it kills us meanwhile)."""
+    note(f"reached-{point}")
+    while (DIR / "hold").exists():
+        time.sleep(0.02)
+
+
+@app.task(base=ReliableTask, bind=True, name="effect")
+def effect(self, kill_point=None):
+    """One database effect per message; blocks before or after its commit when asked."""
+    note("runs")
+    with self.transaction() as session:
+        session.execute(effects.insert().values(message_id=self.request.id))
+        if kill_point == "before_commit":
+            block_while_held(kill_point)
+    if kill_point == "after_commit":
+        block_while_held(kill_point)
+
+
+@app.task(base=ReliableTask, bind=True, name="kill_own_process")
+def kill_own_process(self, times):
+    """SIGKILLs its own pool process on its first ``times`` runs (an OOM kill, a segfault)."""
+    note("runs")
+    if len((DIR / "runs").read_text().split()) <= times:
+        os.kill(os.getpid(), signal.SIGKILL)
+    with self.transaction() as session:
+        session.execute(effects.insert().values(message_id=self.request.id))

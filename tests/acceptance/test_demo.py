@@ -1,0 +1,29 @@
+"""The README's first command keeps working: the demo on the embedded default."""
+
+import os
+import subprocess
+import sys
+
+from tests.support import ROOT
+
+
+def test_the_demo_runs_on_the_embedded_default():
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CELERY_BROKER_URL", "RELIABLE_DATABASE_URL")
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "workers.demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "broker filesystem://" in result.stdout
+    assert "state DUPLICATE" in result.stdout
+    assert "payments still: 1" in result.stdout
+    assert "poisoned after 3 attempts" in result.stdout
+    assert result.stdout.rstrip().endswith("exactly-once effects held")

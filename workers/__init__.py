@@ -1,0 +1,1 @@
+"""Runnable example apps; ``python -m workers.demo`` runs the demo."""

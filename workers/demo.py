@@ -1,0 +1,101 @@
+"""The celery_reliable demo: ``python -m workers.demo``.
+
+Runs the shop (workers/shop.py) with an embedded worker on the embedded default, a SQLite
+store and a broker in a folder, inside a fresh temporary directory, and prints what
+happened. Set CELERY_BROKER_URL / RELIABLE_DATABASE_URL to run it on real services.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+import time
+import uuid
+from typing import Any
+
+WORKDIR = tempfile.mkdtemp(prefix="celery-reliable-demo-")
+os.chdir(WORKDIR)  # the embedded default store is a SQLite file in the working directory
+
+from celery.contrib.testing.worker import start_worker  # noqa: E402
+from sqlalchemy import func, select  # noqa: E402
+
+from celery_reliable import DUPLICATE, MESSAGE_ID_HEADER  # noqa: E402
+
+from . import shop  # noqa: E402
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def payments(order_id: str) -> int:
+    with shop.reliable.database.engine.connect() as conn:
+        query = select(func.count()).where(shop.Payment.order_id == order_id)
+        return int(conn.execute(query).scalar_one())
+
+
+def wait_state(result: Any, states: set[str], timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while result.state not in states:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: task {result.id} stuck in {result.state}")
+        time.sleep(0.05)
+    return str(result.state)
+
+
+def main() -> int:
+    if "--verbose" not in sys.argv:  # the worker's own log lines would drown the story
+        logging.disable(logging.CRITICAL)
+    store = shop.reliable.database.url.render_as_string(hide_password=True)
+    say(f"celery_reliable demo in {WORKDIR}")
+    say(f"  broker {shop.app.conf.broker_url}   store {store}\n")
+    shop.create_tables()
+    run = uuid.uuid4().hex[:6]
+    with start_worker(
+        shop.app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="ERROR"
+    ):
+        order = f"order-{run}-1"
+        headers = {MESSAGE_ID_HEADER: f"{order}-charge"}
+        first = shop.charge.apply_async((order, 4200), headers=headers)
+        say(f"1. charge {order}: {first.get(timeout=30)} -> payments: {payments(order)}")
+
+        again = shop.charge.apply_async((order, 4200), headers=headers)
+        state = wait_state(again, {DUPLICATE, "SUCCESS", "FAILURE"})
+        say(
+            f"2. the same charge delivered again (message id {order}-charge): state {state}, "
+            f"original result {again.result} -> payments still: {payments(order)}"
+        )
+
+        flaky = f"order-{run}-2"
+        shop.FAILURES[flaky] = 1
+        result = shop.charge.apply_async(
+            (flaky, 990), headers={MESSAGE_ID_HEADER: f"{flaky}-charge"}
+        )
+        value = result.get(timeout=30)
+        row = shop.reliable.store.get_status(f"{flaky}-charge", "shop.charge-card")
+        say(
+            f"3. {flaky}: card declined once inside the transaction (rolled back), retried: "
+            f"{value} after {row.attempts if row else '?'} attempts -> payments: {payments(flaky)}"
+        )
+
+        doomed = f"order-{run}-3"
+        shop.FAILURES[doomed] = 99
+        result = shop.charge.apply_async(
+            (doomed, 500), headers={MESSAGE_ID_HEADER: f"{doomed}-charge"}
+        )
+        wait_state(result, {"FAILURE"})
+        row = shop.reliable.store.get_status(f"{doomed}-charge", "shop.charge-card")
+        say(
+            f"4. {doomed}: declined every time -> {row.status.value if row else '?'} after "
+            f"{row.attempts if row else '?'} attempts (reliable_max_attempts=3), "
+            f"payments: {payments(doomed)}; {type(result.result).__name__}: {result.result}"
+        )
+    ok = payments(order) == 1 and payments(flaky) == 1 and payments(doomed) == 0
+    say("\nexactly-once effects held" if ok else "\nUNEXPECTED: effects were not exactly once")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""A small shop whose payments must happen exactly once.
+
+Run it for real with a worker (the embedded default needs no server):
+
+    celery -A workers.shop reliable db upgrade
+    celery -A workers.shop worker --loglevel=INFO
+
+``CELERY_BROKER_URL`` and ``RELIABLE_DATABASE_URL`` switch it to Redis/RabbitMQ and
+PostgreSQL/MySQL, e.g. ``redis://127.0.0.1:6379/0`` and
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy import Integer, String
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from celery_reliable import Reliable, ReliableTask
+
+BROKER_DIR = Path(os.environ.get("SHOP_BROKER_DIR", ".broker"))
+
+
+def _config() -> dict[str, object]:
+    broker = os.environ.get("CELERY_BROKER_URL", "filesystem://")
+    (BROKER_DIR / "results").mkdir(parents=True, exist_ok=True)
+    config: dict[str, object] = {
+        "broker_url": broker,
+        "result_backend": os.environ.get(
+            "CELERY_RESULT_BACKEND", f"file://{BROKER_DIR.resolve()}/results"
+        ),
+        "broker_connection_retry_on_startup": True,
+        "reliable_max_attempts": 3,
+    }
+    if os.environ.get("RELIABLE_DATABASE_URL"):
+        config["reliable_database_url"] = os.environ["RELIABLE_DATABASE_URL"]
+    if broker.startswith("filesystem"):
+        # kombu's filesystem transport: a broker in a folder, for one host and no server
+        # (with atomic publishing, see workers/fs_broker.py).
+        config["broker_transport"] = "workers.fs_broker:Transport"
+        for sub in ("queue", "processed"):
+            (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
+        config["broker_transport_options"] = {
+            "data_folder_in": str(BROKER_DIR / "queue"),
+            "data_folder_out": str(BROKER_DIR / "queue"),
+            "data_folder_processed": str(BROKER_DIR / "processed"),
+            "polling_interval": 0.05,
+        }
+    return config
+
+
+app = Celery("shop")
+app.conf.update(_config())
+reliable = Reliable(app)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Payment(Base):
+    """One row per charge; a duplicate charge would show as a second row."""
+
+    __tablename__ = "shop_payment"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64))
+    amount_cents: Mapped[int] = mapped_column(Integer)
+
+
+def create_tables() -> None:
+    """The store's tables (migrations) and the shop's own."""
+    reliable.create_schema()
+    Base.metadata.create_all(reliable.database.engine)
+
+
+#: Failures the demo injects: order id -> how many runs should still fail.
+FAILURES: dict[str, int] = {}
+
+
+class CardDeclined(Exception):
+    """The payment provider said no (the demo injects it)."""
+
+
+@app.task(base=ReliableTask, bind=True, handler_key="shop.charge-card", max_retries=5)
+def charge(self: ReliableTask, order_id: str, amount_cents: int) -> dict[str, object]:
+    """Record the payment; the row and the 'done' mark commit together or not at all."""
+    with self.transaction() as session:
+        session.add(Payment(order_id=order_id, amount_cents=amount_cents))
+        if FAILURES.get(order_id, 0) > 0:
+            FAILURES[order_id] -= 1
+            # Raised inside the transaction: the payment row above is rolled back.
+            raise self.retry(exc=CardDeclined(order_id), countdown=0.2)
+    return {"order_id": order_id, "charged": amount_cents}

@@ -83,10 +83,14 @@ class Reliable:
         migrate.upgrade(self.database, self.tables)
 
     def check(self) -> None:
-        """Validate settings and handler keys; raise ConfigurationError naming the problem."""
+        """Validate settings and handler keys; raise ConfigurationError naming the problem.
+
+        Also builds the inbox (objects only: engines connect lazily, per process), so that
+        pool threads never race to build two of them.
+        """
         if self._checked:
             return
-        _ = self.settings
+        _ = self.inbox
         self._check_handler_keys()
         self._checked = True
 

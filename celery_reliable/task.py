@@ -198,7 +198,9 @@ class ReliableTask(Task):  # type: ignore[misc]
             if delay is not None
             else min(_MAX_DEFER_DELAY, 0.5 * 2 ** min(deferrals, 8))
         )
-        logger.warning("message %s deferred %.1fs: %s", request.id, seconds, reason)
+        # Waiting for a live delivery is routine; losing the store is not.
+        level = logging.INFO if delay is not None else logging.WARNING
+        logger.log(level, "message %s deferred %.1fs: %s", request.id, seconds, reason)
         try:
             self.signature_from_request(request, countdown=seconds, headers=headers).apply_async()
         except Exception as exc:

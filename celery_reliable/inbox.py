@@ -17,7 +17,7 @@ from typing import Any
 
 from kombu.utils import json as kombu_json
 
-from .exceptions import ReliableError
+from .exceptions import LostOwnership, ReliableError, StoreUnavailable
 from .store.base import InboxStore, Status, StatusRow
 
 logger = logging.getLogger(__name__)
@@ -188,9 +188,15 @@ class Inbox:
             )
         return None
 
-    def complete(self, claim: Claim, result: Any = None, *, connection: Any = None) -> bool:
-        """Mark the claim completed (in ``connection``'s transaction when given)."""
-        return self.store.finish(
+    def complete(self, claim: Claim, result: Any = None, *, connection: Any = None) -> None:
+        """Mark the claim completed (in ``connection``'s transaction when given).
+
+        Raises LostOwnership when another delivery took the claim over (its run will finish
+        the message), and StoreUnavailable when the claim row is gone (a store that lost
+        an unflushed claim in a crash, or a row cleaned up): then the message must be tried
+        again, never taken as done.
+        """
+        if self.store.finish(
             claim.message_id,
             claim.handler_key,
             claim.version,
@@ -198,7 +204,11 @@ class Inbox:
             utcnow(),
             result=self.encode_result(result),
             connection=connection,
-        )
+        ):
+            return
+        if self.store.get_status(claim.message_id, claim.handler_key, connection=connection):
+            raise LostOwnership()
+        raise StoreUnavailable(f"the claim of {claim.message_id!r} vanished from the store")
 
     def fail(self, claim: Claim, error: str) -> bool:
         """Record that the run raised, so a retry may claim at once instead of waiting a lease."""

@@ -103,8 +103,7 @@ class ReliableTask(Task):  # type: ignore[misc]
             with Session(reliable.database.engine) as session, session.begin():
                 yield session
                 session.flush()
-                if not reliable.inbox.complete(run.claim, connection=session.connection()):
-                    raise LostOwnership()
+                reliable.inbox.complete(run.claim, connection=session.connection())
         except (OperationalError, InterfaceError) as exc:
             raise StoreUnavailable(f"store failed during the task's transaction: {exc}") from exc
         run.completed = True
@@ -145,8 +144,8 @@ class ReliableTask(Task):  # type: ignore[misc]
             result = self.run(*args, **kwargs)
             if run.completed:
                 inbox.save_result(claim, result)
-            elif not inbox.complete(claim, result):
-                raise LostOwnership()
+            else:
+                inbox.complete(claim, result)
         except LostOwnership:
             logger.warning("message %s (%s): another delivery took it over", message_id, keys[0])
             raise Ignore() from None

@@ -44,7 +44,9 @@ class InboxStore(Protocol):
     ) -> bool:
         """Insert a first claim (attempt 1, version 1); False if the pair already exists."""
 
-    def get_status(self, message_id: str, handler_key: str) -> StatusRow | None:
+    def get_status(
+        self, message_id: str, handler_key: str, *, connection: Any = None
+    ) -> StatusRow | None:
         """The status row of the pair, if any."""
 
     def find_completed(self, message_id: str, handler_keys: Sequence[str]) -> StatusRow | None:

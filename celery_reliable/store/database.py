@@ -1,9 +1,13 @@
 """SQLAlchemy engines for the store, re-created in every forked process.
 
-Two engines share one URL: ``engine`` for the caller's transactions (``self.transaction()``)
-and ``autocommit`` for the inbox's single-statement writes, so that a claim or a completion
-costs one round trip instead of BEGIN + statement + COMMIT. SQLite has no server round
-trips; there both are one engine whose transactions start with ``BEGIN IMMEDIATE``, which
+Engines share one URL: ``engine`` for the caller's transactions (``self.transaction()``),
+``autocommit`` for the inbox's single-statement writes, so that a completion costs one round
+trip instead of BEGIN + statement + COMMIT, and ``claims`` for claims. On PostgreSQL claims
+commit with ``synchronous_commit=off``: a claim is an attempt counter, and the completion
+that follows it commits synchronously, which flushes the claim too (WAL is flushed in order).
+Only a database crash in between can lose a claim; the inbox treats a vanished claim as "try
+again later", never as done. That saves one disk flush per task. SQLite has no server round
+trips; there all are one engine whose transactions start with ``BEGIN IMMEDIATE``, which
 keeps concurrent worker processes on one host from deadlocking on lock upgrades.
 """
 
@@ -34,6 +38,7 @@ class Database:
         self._options = dict(engine_options or {})
         self._engine: Engine | None = None
         self._autocommit: Engine | None = None
+        self._claims: Engine | None = None
         _LIVE.add(self)
 
     @property
@@ -57,19 +62,32 @@ class Database:
             self._autocommit = self._create(isolation_level="AUTOCOMMIT")
         return self._autocommit
 
+    @property
+    def claims(self) -> Engine:
+        """Autocommit engine for claims: asynchronous commit on PostgreSQL (see above)."""
+        if self.dialect != "postgresql":
+            return self.autocommit
+        if self._claims is None:
+            connect_args = dict(self._options.get("connect_args", {}))
+            options = connect_args.get("options", "")
+            connect_args["options"] = f"{options} -c synchronous_commit=off".strip()
+            self._claims = self._create(isolation_level="AUTOCOMMIT", connect_args=connect_args)
+        return self._claims
+
+    def _engines(self) -> list[Engine]:
+        return [e for e in (self._engine, self._autocommit, self._claims) if e is not None]
+
     def dispose(self) -> None:
         """Close every pooled connection (tests, shutdown)."""
-        for engine in (self._engine, self._autocommit):
-            if engine is not None:
-                engine.dispose()
-        self._engine = self._autocommit = None
+        for engine in self._engines():
+            engine.dispose()
+        self._engine = self._autocommit = self._claims = None
 
     def _forget_after_fork(self) -> None:
         # The parent's sockets must not be closed (or used) by the child: detach them.
-        for engine in (self._engine, self._autocommit):
-            if engine is not None:
-                engine.dispose(close=False)
-        self._engine = self._autocommit = None
+        for engine in self._engines():
+            engine.dispose(close=False)
+        self._engine = self._autocommit = self._claims = None
 
     def _create(self, **extra: Any) -> Engine:
         options = {**self._options, **extra}

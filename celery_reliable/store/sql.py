@@ -124,7 +124,7 @@ class SqlStore:
             "b_task_name": task_name,
             "b_m_now": now,
         }
-        with self.database.autocommit.begin() as conn:
+        with self.database.claims.begin() as conn:
             if self._insert_message is not None:
                 conn.execute(self._insert_message, params)
             result = conn.execute(self._insert_status, params)
@@ -132,11 +132,15 @@ class SqlStore:
                 return result.first() is not None
             return result.rowcount == 1
 
-    def get_status(self, message_id: str, handler_key: str) -> StatusRow | None:
-        with self.database.autocommit.connect() as conn:
-            row = conn.execute(
-                self._get, {"b_message_id": message_id, "b_handler_key": handler_key}
-            ).first()
+    def get_status(
+        self, message_id: str, handler_key: str, *, connection: Connection | None = None
+    ) -> StatusRow | None:
+        params = {"b_message_id": message_id, "b_handler_key": handler_key}
+        if connection is not None:
+            row = connection.execute(self._get, params).first()
+        else:
+            with self.database.autocommit.connect() as conn:
+                row = conn.execute(self._get, params).first()
         return None if row is None else _status_row(row)
 
     def find_completed(self, message_id: str, handler_keys: Sequence[str]) -> StatusRow | None:
@@ -157,7 +161,7 @@ class SqlStore:
             "b_owner": owner,
             "b_now": now,
         }
-        with self.database.autocommit.begin() as conn:
+        with self.database.claims.begin() as conn:
             return conn.execute(self._take_over, params).rowcount == 1
 
     def finish(

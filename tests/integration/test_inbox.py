@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from celery_reliable import Reliable
+from celery_reliable import LostOwnership, Reliable, StoreUnavailable
 from celery_reliable.inbox import Outcome
 from celery_reliable.store.base import Status
 from tests.support import make_app
@@ -40,7 +40,7 @@ def test_first_delivery_runs_and_records_both_rows(reliable):
 
 def test_completed_message_is_a_duplicate_with_its_result(reliable):
     first = claim(reliable)
-    assert reliable.inbox.complete(first, {"charged": 5})
+    reliable.inbox.complete(first, {"charged": 5})
     again = claim(reliable, redelivered=True)
     assert again.outcome is Outcome.DUPLICATE
     assert reliable.inbox.decode_result(again.result) == {"charged": 5}
@@ -52,8 +52,9 @@ def test_live_claim_makes_a_second_delivery_wait_and_a_redelivery_take_over(reli
     second = claim(reliable, redelivered=True)
     assert (second.outcome, second.attempts, second.version) == (Outcome.RUN, 2, 2)
     # The superseded run can no longer complete: its writes would double the effect.
-    assert not reliable.inbox.complete(first, "stale")
-    assert reliable.inbox.complete(second, "fresh")
+    with pytest.raises(LostOwnership):
+        reliable.inbox.complete(first, "stale")
+    reliable.inbox.complete(second, "fresh")
     assert reliable.inbox.decode_result(status_of(reliable).result) == "fresh"
 
 
@@ -77,7 +78,7 @@ def test_max_attempts_quarantines_and_keeps_the_row(reliable):
 
 def test_legacy_keys_count_as_done(reliable):
     old = claim(reliable, key="charge_card")
-    assert reliable.inbox.complete(old, 7)
+    reliable.inbox.complete(old, 7)
     renamed = claim(reliable, key="billing.charge-card", legacy_keys=("charge_card",))
     assert renamed.outcome is Outcome.DUPLICATE
     assert reliable.inbox.decode_result(renamed.result) == 7
@@ -95,10 +96,21 @@ def test_completion_inside_a_rolled_back_transaction_leaves_the_claim_open(relia
     run = claim(reliable)
     with reliable.database.engine.connect() as conn:
         transaction = conn.begin()
-        assert reliable.inbox.complete(run, 1, connection=conn)
+        reliable.inbox.complete(run, 1, connection=conn)
         transaction.rollback()
     assert status_of(reliable).status is Status.PROCESSING
-    assert reliable.inbox.complete(run, 1)
+    reliable.inbox.complete(run, 1)
+    assert status_of(reliable).status is Status.COMPLETED
+
+
+def test_a_vanished_claim_is_never_taken_as_done(reliable):
+    """A store that lost an unflushed claim (crash) must make the run try again."""
+    run = claim(reliable)
+    with reliable.database.engine.begin() as conn:
+        conn.execute(reliable.tables.inbox_status.delete())
+    with pytest.raises(StoreUnavailable, match="vanished"):
+        reliable.inbox.complete(run, 1)
+    assert status_of(reliable) is None
 
 
 def test_racing_deliveries_run_the_message_once(reliable):

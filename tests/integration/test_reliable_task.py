@@ -117,6 +117,15 @@ def define_tasks(h: Harness) -> None:
         assert h.release.wait(30)
         return "done"
 
+    @app.task(base=ReliableTask, bind=True, shared=False, name="vanish")
+    def vanish(self):
+        h.ran("vanish")
+        if h.body_runs["vanish"] == 1:  # as if a store crash lost the unflushed claim
+            with h.reliable.database.engine.begin() as conn:
+                conn.execute(h.reliable.tables.inbox_status.delete())
+        with self.transaction() as session:
+            session.execute(h.effects.insert().values(message_id="vanish", amount=1))
+
     @app.task(base=ReliableTask, bind=True, shared=False, name="cut")
     def cut(self):
         h.ran("cut")
@@ -199,7 +208,7 @@ def test_a_business_key_duplicate_ends_in_DUPLICATE_with_the_original_result(h):
 def test_a_renamed_handler_keeps_its_history_through_legacy_keys(h):
     # What the task did under its old key, before the rename, is in the store:
     old = h.reliable.inbox.claim("order-7", "charge_card", task_name="charge_card", owner="v1")
-    assert h.reliable.inbox.complete(old, "old result")
+    h.reliable.inbox.complete(old, "old result")
     result = h.app.tasks["renamed"].apply_async(headers={MESSAGE_ID_HEADER: "order-7"})
     wait_for(lambda: result.state == DUPLICATE, 30, what="DUPLICATE state")
     assert h.body_runs["renamed"] == 0
@@ -262,3 +271,14 @@ def test_a_lost_database_connection_mid_transaction_is_processed_later_exactly_o
     assert h.body_runs["cut"] == 2
     assert h.effect_rows() == [("cut", 1)]
     assert h.status("cut-1", "cut").attempts == 2
+
+
+def test_a_claim_lost_by_the_store_is_processed_again_not_dropped(h):
+    h.app.tasks["vanish"].apply_async(headers={MESSAGE_ID_HEADER: "vanish-1"})
+    wait_for(
+        lambda: (row := h.status("vanish-1", "vanish")) and row.status is Status.COMPLETED,
+        30,
+        what="the deferred copy to complete",
+    )
+    assert h.body_runs["vanish"] == 2
+    assert h.effect_rows() == [("vanish", 1)]  # the first run's writes were rolled back

@@ -1,14 +1,16 @@
 """The celery_reliable demo: ``python -m workers.demo``.
 
 Runs the shop (workers/shop.py) with an embedded worker on the embedded default, a SQLite
-store and a broker in a folder, inside a fresh temporary directory, and prints what
-happened. Set CELERY_BROKER_URL / RELIABLE_DATABASE_URL to run it on real services.
+store and a broker in a folder, inside a fresh temporary directory (removed afterwards
+unless ``--keep``), and prints what happened. ``--verbose`` shows the worker's log. Set
+CELERY_BROKER_URL / RELIABLE_DATABASE_URL to run it on real services.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -98,4 +100,11 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+    finally:
+        shop.reliable.database.dispose()
+        os.chdir(os.path.dirname(WORKDIR))
+        if "--keep" not in sys.argv:
+            shutil.rmtree(WORKDIR, ignore_errors=True)
+    sys.exit(status)

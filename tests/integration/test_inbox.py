@@ -113,39 +113,36 @@ def test_a_vanished_claim_is_never_taken_as_done(reliable):
     assert status_of(reliable) is None
 
 
-def test_racing_deliveries_run_the_message_once(reliable):
-    """Eight threads (own connections) claim one message at once: exactly one may run."""
-    barrier = threading.Barrier(8)
-    outcomes: list[Outcome] = []
+def race(count, action):
+    """Run ``action`` in ``count`` threads released at once; their results."""
+    barrier = threading.Barrier(count)
+    results = []
 
-    def deliver():
+    def run():
         barrier.wait()
-        outcomes.append(claim(reliable, "race", redelivered=False).outcome)
+        results.append(action())
 
-    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    threads = [threading.Thread(target=run) for _ in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+    return results
+
+
+def test_racing_deliveries_run_the_message_once(reliable):
+    """Eight threads (own connections) claim one message at once: exactly one may run."""
+    outcomes = race(8, lambda: claim(reliable, "race").outcome)
     assert Counter(outcomes) == {Outcome.RUN: 1, Outcome.IN_FLIGHT: 7}
 
 
-def test_racing_redeliveries_take_over_once(reliable):
-    """Redelivered copies race for a crashed claim: the version fence lets one through."""
+def test_racing_redeliveries_take_over_one_at_a_time(reliable):
+    """Redelivered copies race for a crashed claim: the version fence serialises them."""
     claim(reliable, "crashed")
-    barrier = threading.Barrier(6)
-    outcomes: list[Outcome] = []
-
-    def redeliver():
-        barrier.wait()
-        outcomes.append(claim(reliable, "crashed", redelivered=True).outcome)
-
-    threads = [threading.Thread(target=redeliver) for _ in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    # Each winner bumps the version; a loser re-reads and, being redelivered too, may win next.
-    # What must hold: every RUN had its own version, so at most one can ever complete.
-    assert outcomes.count(Outcome.RUN) >= 1
-    assert status_of(reliable, "crashed").attempts == 1 + outcomes.count(Outcome.RUN)
+    claims = race(6, lambda: claim(reliable, "crashed", redelivered=True))
+    runs = [c for c in claims if c.outcome is Outcome.RUN]
+    # Every winner took over from the one before it, so each holds its own version and at
+    # most the last one can still complete.
+    assert runs
+    assert sorted(c.version for c in runs) == list(range(2, 2 + len(runs)))
+    assert status_of(reliable, "crashed").attempts == 1 + len(runs)

@@ -71,6 +71,13 @@ class Harness:
     def status(self, message_id: str, key: str):
         return self.reliable.store.get_status(message_id, key)
 
+    def wait_completed(self, message_id: str, key: str) -> None:
+        wait_for(
+            lambda: (row := self.status(message_id, key)) and row.status is Status.COMPLETED,
+            30,
+            what=f"{message_id} to complete",
+        )
+
     def close(self) -> None:
         task_postrun.disconnect(self._on_postrun)
         self.reliable.database.dispose()
@@ -263,11 +270,7 @@ def test_a_lost_database_connection_mid_transaction_is_processed_later_exactly_o
     if h.reliable.database.dialect == "sqlite":
         pytest.skip("SQLite has no server connection to lose")
     h.app.tasks["cut"].apply_async(headers={MESSAGE_ID_HEADER: "cut-1"})
-    wait_for(
-        lambda: (row := h.status("cut-1", "cut")) and row.status is Status.COMPLETED,
-        30,
-        what="the deferred copy to complete",
-    )
+    h.wait_completed("cut-1", "cut")
     assert h.body_runs["cut"] == 2
     assert h.effect_rows() == [("cut", 1)]
     assert h.status("cut-1", "cut").attempts == 2
@@ -275,10 +278,6 @@ def test_a_lost_database_connection_mid_transaction_is_processed_later_exactly_o
 
 def test_a_claim_lost_by_the_store_is_processed_again_not_dropped(h):
     h.app.tasks["vanish"].apply_async(headers={MESSAGE_ID_HEADER: "vanish-1"})
-    wait_for(
-        lambda: (row := h.status("vanish-1", "vanish")) and row.status is Status.COMPLETED,
-        30,
-        what="the deferred copy to complete",
-    )
+    h.wait_completed("vanish-1", "vanish")
     assert h.body_runs["vanish"] == 2
     assert h.effect_rows() == [("vanish", 1)]  # the first run's writes were rolled back

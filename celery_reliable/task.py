@@ -28,7 +28,13 @@ from celery.exceptions import Ignore, Reject
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
-from .exceptions import LostOwnership, MessagePoisoned, StoreUnavailable, TransactionMisuse
+from .exceptions import (
+    LostOwnership,
+    MessagePoisoned,
+    ReliableError,
+    StoreUnavailable,
+    TransactionMisuse,
+)
 from .extension import Reliable, handler_keys_of
 from .inbox import Claim, Inbox, Outcome
 from .message import MESSAGE_ID_HEADER, message_id_from, validate_message_id
@@ -40,6 +46,11 @@ logger = logging.getLogger(__name__)
 RESUMES_HEADER = "reliable_resumes_version"
 DEFERRALS_HEADER = "reliable_deferrals"
 _MAX_DEFER_DELAY = 60.0
+
+
+def _count(value: object) -> int:
+    """A non-negative count from a header a sender could have set to anything."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass
@@ -187,8 +198,10 @@ class ReliableTask(Task):  # type: ignore[misc]
         The copy is published before this delivery is acknowledged, so at every moment one
         of them is on the broker. If publishing fails too, the delivery is requeued.
         """
+        if request.is_eager:  # no broker to come back through: say why instead of recursing
+            raise ReliableError(f"message {request.id} cannot run now ({reason})")
         headers = dict(request.headers or {})
-        deferrals = int(headers.get(DEFERRALS_HEADER) or 0) + 1
+        deferrals = _count(headers.get(DEFERRALS_HEADER)) + 1
         headers[DEFERRALS_HEADER] = deferrals
         if abandoned_version is not None:
             headers[RESUMES_HEADER] = abandoned_version

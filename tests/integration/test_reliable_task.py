@@ -281,3 +281,11 @@ def test_a_claim_lost_by_the_store_is_processed_again_not_dropped(h):
     h.wait_completed("vanish-1", "vanish")
     assert h.body_runs["vanish"] == 2
     assert h.effect_rows() == [("vanish", 1)]  # the first run's writes were rolled back
+
+
+def test_an_eager_run_that_cannot_proceed_says_why_instead_of_deferring(h):
+    h.reliable.inbox.claim("eager-1", "charge", task_name="charge", owner="elsewhere")
+    result = h.app.tasks["charge"].apply((1,), headers={MESSAGE_ID_HEADER: "eager-1"})
+    assert result.state == "FAILURE"
+    assert "cannot run now (in flight elsewhere)" in str(result.result)
+    assert h.effect_rows() == []

@@ -1,0 +1,1 @@
+"""On-demand benchmarks: ``python -m benchmarks [inbox] [options]``; ratios, never timed tests."""

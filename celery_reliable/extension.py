@@ -6,10 +6,12 @@ the inbox talks to the store port, the store to the database.
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
+from sqlalchemy.exc import DBAPIError
 
 from .exceptions import ConfigurationError
 from .inbox import Inbox
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from .task import ReliableTask
 
 _ATTRIBUTE = "_celery_reliable"
+logger = logging.getLogger(__name__)
 
 
 class Reliable:
@@ -94,6 +97,25 @@ class Reliable:
         self._check_handler_keys()
         self._checked = True
 
+    def check_schema(self) -> None:
+        """Refuse a store whose schema is behind the package (a worker would defer everything).
+
+        An unreachable store is not refused: the worker starts and defers messages until
+        the store is back, as it would if the store went away later.
+        """
+        try:
+            current = migrate.current(self.database, self.tables)
+        except DBAPIError as exc:
+            logger.warning("reliable store unreachable at start-up: %s", exc)
+            return
+        head = migrate.head(self.database, self.tables)
+        if current != head:
+            url = self.database.url.render_as_string(hide_password=True)
+            raise ConfigurationError(
+                f"the reliable store {url} is at schema revision {current or 'none'}, this "
+                f"version needs {head}: run `celery -A {self.app.main} reliable db upgrade`"
+            )
+
     def _check_handler_keys(self) -> None:
         from .task import ReliableTask
 
@@ -139,5 +161,7 @@ class _CheckAtStartup(bootsteps.StartStopStep):  # type: ignore[misc]
     label = "celery_reliable check"
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
-        Reliable.of(worker.app).check()
+        reliable = Reliable.of(worker.app)
+        reliable.check()
+        reliable.check_schema()
         super().__init__(worker, **kwargs)

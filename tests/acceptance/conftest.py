@@ -83,9 +83,19 @@ STACKS = [
 ]
 
 
-@pytest.fixture(params=STACKS, ids=["-".join(s) for s in STACKS])
-def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
-    broker_kind, db_kind = request.param
+def _stack(kinds: tuple[str, str], tmp_path: Path) -> Iterator[Stack]:
+    broker_kind, db_kind = kinds
     s = Stack(require(broker_kind), database_url(db_kind, tmp_path), tmp_path)
     yield s
     s.close()
+
+
+@pytest.fixture(params=STACKS, ids=["-".join(s) for s in STACKS])
+def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    yield from _stack(request.param, tmp_path)
+
+
+@pytest.fixture(params=STACKS[:2], ids=["-".join(s) for s in STACKS[:2]])
+def postgres_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
+    """Each broker with the production store."""
+    yield from _stack(request.param, tmp_path)

@@ -84,3 +84,11 @@ def test_a_worker_with_a_bad_setting_refuses_to_start(env, tmp_path: Path):
     )
     assert result.returncode != 0
     assert "reliable_stuck_threshold" in result.stdout + result.stderr
+
+
+def test_a_worker_on_an_unmigrated_store_refuses_to_start_and_says_what_to_run(env):
+    result = celery(env, "worker", "-P", "solo", "--without-mingle", "--without-gossip")
+    assert result.returncode != 0
+    output = result.stdout + result.stderr
+    assert "schema revision none" in output
+    assert "reliable db upgrade" in output

@@ -5,6 +5,7 @@ Public names only; everything else is internal and may change.
 
 from .exceptions import (
     ConfigurationError,
+    EnqueueError,
     InvalidMessageId,
     LostOwnership,
     MessagePoisoned,
@@ -23,6 +24,7 @@ __all__ = [
     "DUPLICATE",
     "MESSAGE_ID_HEADER",
     "ConfigurationError",
+    "EnqueueError",
     "InvalidMessageId",
     "LostOwnership",
     "MessagePoisoned",

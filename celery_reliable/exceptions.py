@@ -37,3 +37,7 @@ class MessagePoisoned(ReliableError):
 
 class StoreUnavailable(ReliableError):
     """The reliable store could not be reached or failed transiently; the message is deferred."""
+
+
+class EnqueueError(ReliableError, ValueError):
+    """The message cannot be put in the outbox; nothing was written."""

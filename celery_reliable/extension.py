@@ -15,8 +15,11 @@ from sqlalchemy.exc import DBAPIError
 
 from .exceptions import ConfigurationError
 from .inbox import Inbox
+from .outbox import Outbox
+from .relay import Relay
 from .settings import Settings
 from .store import Database, SqlStore, build_tables, migrate
+from .store.outbox_rows import OutboxRows
 from .store.tables import KEY_LENGTH, Tables
 
 if TYPE_CHECKING:
@@ -80,6 +83,16 @@ class Reliable:
             stuck_threshold=settings.stuck_threshold,
             store_results=settings.store_results,
         )
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        """``reliable.outbox.enqueue(session, task.s(...))``: see :class:`Outbox`."""
+        return Outbox(self.app, self.tables, self.settings)
+
+    @cached_property
+    def relay(self) -> Relay:
+        """Publishes committed outbox rows; run by ``celery -A app reliable relay``."""
+        return Relay(self.app, OutboxRows(self.database, self.tables), self.settings)
 
     def create_schema(self) -> None:
         """Apply the shipped migrations (same as ``celery -A app reliable db upgrade``)."""

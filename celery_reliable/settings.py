@@ -107,6 +107,33 @@ class Settings:
         "delivery can finish with the original result.",
     )
 
+    outbox_max_payload_bytes: int = _setting(
+        1024 * 1024,
+        _positive_int,
+        "Largest serialized message `outbox.enqueue()` accepts; larger ones are refused before "
+        "anything is written (store a reference to big data instead).",
+    )
+    outbox_allow_pickle: bool = _setting(
+        False,
+        _boolean,
+        "Let `outbox.enqueue()` store pickle-serialized messages. Off: pickle is refused, since "
+        "whoever can write the outbox table could then run code on every worker.",
+    )
+    outbox_max_attempts: int = _setting(
+        10,
+        _positive_int,
+        "Publish attempts of one outbox row before it is poisoned (kept, never deleted "
+        "automatically). A broker that cannot be reached does not use up attempts.",
+    )
+    relay_batch_size: int = _setting(
+        500, _positive_int, "Outbox rows a relay claims and publishes per batch."
+    )
+    relay_idle_interval: timedelta = _setting(
+        timedelta(seconds=1),
+        parse_duration,
+        "How long a relay with nothing to publish waits before looking again.",
+    )
+
     @classmethod
     def from_conf(cls, conf: Mapping[str, Any]) -> Settings:
         """Read and validate every ``reliable_*`` key of ``conf``.

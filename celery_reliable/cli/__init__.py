@@ -7,6 +7,7 @@ errors (one line, exit 2).
 from __future__ import annotations
 
 from . import db as _db  # noqa: F401  (registers the ``db`` group)
+from . import relay as _relay  # noqa: F401  (registers ``relay``)
 from .base import reliable
 
 __all__ = ["reliable"]

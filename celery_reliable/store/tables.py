@@ -11,7 +11,18 @@ from datetime import datetime, timezone
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Integer, MetaData, String, Table, Text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 from sqlalchemy.dialects import mysql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -24,6 +35,10 @@ Key = String(KEY_LENGTH).with_variant(
 )
 #: Tracebacks and results: MySQL's TEXT stops at 64 KiB.
 LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
+#: Serialized message bodies: MySQL's BLOB stops at 64 KiB.
+LongBinary = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+#: Row ids in commit-ish order; SQLite autoincrements only a plain INTEGER primary key.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -60,6 +75,7 @@ class Tables:
     metadata: MetaData
     inbox_message: Table
     inbox_status: Table
+    outbox: Table
 
     @property
     def version_table(self) -> str:
@@ -94,4 +110,32 @@ def build_tables(prefix: str) -> Tables:
         Column("completed_at", UTCDateTime()),
         Column("result", LongText),
     )
-    return Tables(prefix, metadata, inbox_message, inbox_status)
+    outbox = Table(
+        f"{prefix}outbox",
+        metadata,
+        Column("id", RowId, primary_key=True, autoincrement=True),
+        Column("message_id", Key, nullable=False),  # what the inbox will see
+        Column("task_id", String(KEY_LENGTH), nullable=False),
+        Column("task_name", String(KEY_LENGTH), nullable=False),
+        Column("queue", String(KEY_LENGTH)),  # declared before publishing, as Celery does
+        Column("exchange", String(KEY_LENGTH), nullable=False),
+        Column("routing_key", String(KEY_LENGTH), nullable=False),
+        # The message exactly as it will be published: the relay only moves bytes.
+        Column("body", LongBinary, nullable=False),
+        Column("content_type", String(128), nullable=False),
+        Column("content_encoding", String(64), nullable=False),
+        Column("headers", LongText, nullable=False),  # JSON
+        Column("properties", LongText, nullable=False),  # JSON
+        Column("ordering_key", Key),
+        # pending | sent | poisoned (see celery_reliable.relay)
+        Column("status", String(16), nullable=False),
+        Column("attempts", Integer, nullable=False),
+        Column("last_error", LongText),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("available_at", UTCDateTime(), nullable=False),  # due time, or the next retry
+        Column("claim_token", String(64)),  # the relay batch that holds the row, if any
+        Column("claimed_at", UTCDateTime()),
+        Column("sent_at", UTCDateTime()),
+        Index(f"{prefix}outbox_due", "status", "available_at", "id"),
+    )
+    return Tables(prefix, metadata, inbox_message, inbox_status, outbox)

@@ -35,6 +35,10 @@ class Stack:
             "RT_DIR": str(directory),
         }
         self.producer = make_app(broker, db, self.prefix, backend="disabled://")
+        # The producer knows the tasks it sends (the outbox refuses unknown names); the
+        # bodies run in the worker processes (worker_app.py).
+        for name in ("effect", "kill_own_process"):
+            self.producer.task(name=name, shared=False)(_declared_elsewhere)
         self.reliable = Reliable.of(self.producer)
         self.reliable.create_schema()
         from sqlalchemy import Column, MetaData, String, Table
@@ -72,6 +76,10 @@ class Stack:
             conn.default_channel.queue_delete(f"q_{self.prefix}")
         self.reliable.database.dispose()
         drop_store(self.db, self.prefix)
+
+
+def _declared_elsewhere(*args: object, **kwargs: object) -> None:
+    """Producer-side declaration of a task whose body runs in the worker."""
 
 
 #: Each broker with PostgreSQL, plus the other stores once each.

@@ -42,14 +42,14 @@ def celery(env, *args, timeout=60):
 def test_db_upgrade_and_current(env):
     before = celery(env, "reliable", "db", "current")
     assert before.returncode == 0, before.stderr
-    assert before.stdout.startswith("none (behind head 0001")
+    assert before.stdout.startswith("none (behind head ")
     upgraded = celery(env, "reliable", "db", "upgrade")
     assert upgraded.returncode == 0, upgraded.stderr
-    assert upgraded.stdout.startswith("store at revision 0001")
+    assert upgraded.stdout.startswith("store at revision ")
     again = celery(env, "reliable", "db", "upgrade")  # idempotent
     assert again.returncode == 0, again.stderr
     after = celery(env, "reliable", "db", "current")
-    assert after.stdout.strip() == "0001 (up to date)"
+    assert after.stdout.strip().endswith("(up to date)")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ def test_public_names_are_pinned():
     assert sorted(celery_reliable.__all__) == [
         "ConfigurationError",
         "DUPLICATE",
+        "EnqueueError",
         "InvalidMessageId",
         "LostOwnership",
         "MESSAGE_ID_HEADER",

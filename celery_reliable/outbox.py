@@ -1,0 +1,185 @@
+"""The transactional outbox: enqueue a Celery message in the caller's own transaction.
+
+``enqueue`` writes the complete message (routing, headers and the body already serialized)
+as a row through the caller's Session or Connection, so the message exists if and only if
+that transaction commits. The relay (``celery_reliable.relay``) later moves the stored
+bytes to the broker unchanged: everything that can fail about a message fails here, before
+anything is written, where the caller can still react.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+
+from celery import Celery, Signature, current_task
+from celery.utils import uuid
+from kombu import serialization
+from kombu.exceptions import EncodeError
+from kombu.utils import json as kombu_json
+from sqlalchemy import Connection, insert
+from sqlalchemy.orm import Session
+
+from .exceptions import EnqueueError, InvalidMessageId
+from .inbox import utcnow
+from .message import MESSAGE_ID_HEADER, validate_message_id
+from .settings import Settings
+from .store.tables import Tables
+
+#: Serializers that can run code when a message is read.
+UNSAFE_SERIALIZERS = frozenset({"pickle", "yaml"})
+
+
+class Outbox:
+    """``reliable.outbox``: messages that exist if and only if the caller's transaction commits."""
+
+    def __init__(self, app: Celery, tables: Tables, settings: Settings) -> None:
+        self.app = app
+        self.table = tables.outbox
+        self.settings = settings
+
+    def enqueue(
+        self,
+        session_or_connection: Session | Connection,
+        signature: Signature,
+        *,
+        message_id: str | None = None,
+        ordering_key: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        **celery_options: Any,
+    ) -> str:
+        """Write ``signature`` as a message in the caller's transaction; return its message id.
+
+        ``message_id`` (a business key such as ``order-42-receipt``) becomes the id the
+        receiving ReliableTask's inbox deduplicates on; by default it is the new task id.
+        ``countdown``/``eta`` hold the message in the store until it is due. Other keyword
+        arguments are Celery's ``apply_async`` options (``queue``, ``priority``, ``expires``,
+        ``headers``, ``serializer``, ...). Raises EnqueueError before writing anything when the
+        task is unknown, the arguments cannot be serialized or the message is too large.
+        """
+        row = self.build_row(signature, message_id, ordering_key, countdown, eta, celery_options)
+        session_or_connection.execute(insert(self.table).values(row))
+        return str(row["message_id"])
+
+    def build_row(
+        self,
+        signature: Signature,
+        message_id: str | None,
+        ordering_key: str | None,
+        countdown: float | None,
+        eta: datetime | None,
+        celery_options: Mapping[str, Any],
+    ) -> dict[str, Any]:
+        if not isinstance(signature, Signature):
+            raise EnqueueError(f"expected a signature such as task.s(...), got {signature!r}")
+        name = signature.task
+        task = self.app.tasks.get(name)
+        if task is None:
+            raise EnqueueError(f"task {name!r} is not registered with app {self.app.main!r}")
+        options = {**signature.options, **celery_options}
+        headers = dict(options.pop("headers", None) or {})
+        try:
+            if message_id is not None:
+                headers[MESSAGE_ID_HEADER] = validate_message_id(message_id)
+            elif MESSAGE_ID_HEADER in headers:
+                validate_message_id(headers[MESSAGE_ID_HEADER], source="header")
+            if ordering_key is not None:
+                validate_message_id(ordering_key, source="ordering_key")
+        except InvalidMessageId as exc:
+            raise EnqueueError(str(exc)) from exc
+        task_id = str(options.pop("task_id", None) or uuid())
+        now = utcnow()
+        available_at = _due(now, countdown, eta)
+        serializer = options.pop("serializer", None) or task.serializer
+        if serializer in UNSAFE_SERIALIZERS and not self.settings.outbox_allow_pickle:
+            raise EnqueueError(
+                f"serializer {serializer!r} can run code when read; set "
+                "reliable_outbox_allow_pickle = True to allow it"
+            )
+        args, kwargs = tuple(signature.args), dict(signature.kwargs)
+        parent = current_task if current_task and current_task.request.id else None
+        message = self.app.amqp.as_task_v2(
+            task_id,
+            name,
+            args,
+            kwargs,
+            expires=options.pop("expires", None),
+            root_id=(parent.request.root_id or parent.request.id) if parent else None,
+            parent_id=parent.request.id if parent else None,
+            ignore_result=options.pop("ignore_result", task.ignore_result),
+        )
+        try:
+            content_type, content_encoding, body = serialization.dumps(  # type: ignore[no-untyped-call]
+                message.body, serializer=serializer
+            )
+        except (EncodeError, TypeError, ValueError) as exc:
+            raise EnqueueError(f"arguments of {name!r} cannot be serialized: {exc}") from exc
+        data = body if isinstance(body, bytes) else body.encode(content_encoding or "utf-8")
+        limit = self.settings.outbox_max_payload_bytes
+        if len(data) > limit:
+            raise EnqueueError(
+                f"message for {name!r} is {len(data)} bytes; reliable_outbox_max_payload_bytes "
+                f"is {limit}"
+            )
+        queue, exchange, routing_key, delivery_mode = self._route(name, args, kwargs, options)
+        properties = {**message.properties, "delivery_mode": delivery_mode}
+        if options.get("priority") is not None:
+            properties["priority"] = options["priority"]
+        try:
+            encoded_headers = kombu_json.dumps({**message.headers, **headers})  # type: ignore[no-untyped-call]
+        except TypeError as exc:
+            raise EnqueueError(f"headers of {name!r} are not JSON-serializable: {exc}") from exc
+        return {
+            "message_id": headers.get(MESSAGE_ID_HEADER, task_id),
+            "task_id": task_id,
+            "task_name": name,
+            "queue": queue,
+            "exchange": exchange,
+            "routing_key": routing_key,
+            "body": data,
+            "content_type": content_type,
+            "content_encoding": content_encoding,
+            "headers": encoded_headers,
+            "properties": kombu_json.dumps(properties),  # type: ignore[no-untyped-call]
+            "ordering_key": ordering_key,
+            "status": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "available_at": available_at,
+        }
+
+    def _route(
+        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+    ) -> tuple[str | None, str, str, int]:
+        """Where Celery itself would send the message (same rules as ``send_task``)."""
+        amqp = self.app.amqp
+        routed = amqp.router.route(options, name, args, kwargs)
+        queue = routed.get("queue") or amqp.default_queue
+        if isinstance(queue, str):
+            queue = amqp.queues[queue]
+        exchange, routing_key = routed.get("exchange"), routed.get("routing_key")
+        exchange_name = getattr(exchange, "name", exchange)
+        exchange_type = getattr(queue.exchange, "type", "direct")
+        if (not exchange_name or not routing_key) and exchange_type == "direct":
+            exchange_name, routing_key = "", queue.name
+        else:
+            exchange_name = exchange_name or queue.exchange.name
+            routing_key = routing_key or queue.routing_key
+        delivery_mode = int(getattr(queue.exchange, "delivery_mode", None) or 2)
+        return queue.name, exchange_name or "", routing_key or "", delivery_mode
+
+
+def _due(now: datetime, countdown: float | None, eta: datetime | None) -> datetime:
+    if countdown is not None and eta is not None:
+        raise EnqueueError("give countdown or eta, not both")
+    if countdown is not None:
+        if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or countdown < 0:
+            raise EnqueueError(f"countdown must be a number of seconds >= 0, got {countdown!r}")
+        return now + timedelta(seconds=countdown)
+    if eta is not None:
+        if not isinstance(eta, datetime) or eta.tzinfo is None:
+            raise EnqueueError(f"eta must be a timezone-aware datetime, got {eta!r}")
+        return max(eta, now)
+    return now

@@ -1,0 +1,131 @@
+"""The relay: move committed outbox rows to the broker, each row published by one relay.
+
+A batch is claimed under a fresh token, published through one broker connection (with
+publisher confirms on RabbitMQ, so a row is marked sent only after the broker has it), and
+marked sent under that token. A relay that crashes after publishing and before marking
+leaves rows that another relay reclaims after ``reliable_stuck_threshold`` and publishes
+again; the receiving ReliableTask's inbox absorbs that duplicate (same task id and message
+id), so end to end the effect happens once.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from celery import Celery
+from kombu.messaging import Producer
+from kombu.utils import json as kombu_json
+
+from .inbox import utcnow
+from .settings import Settings
+from .store.outbox_rows import OutboxRows
+
+logger = logging.getLogger(__name__)
+
+_MAX_BACKOFF = timedelta(minutes=10)
+
+
+def backoff(attempts: int) -> timedelta:
+    """Exponential backoff with full jitter: up to 1 s, 2 s, 4 s, ... at most 10 minutes."""
+    ceiling = min(_MAX_BACKOFF.total_seconds(), 2.0 ** max(attempts - 1, 0))
+    return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
+
+
+class Relay:
+    """Publishes due outbox rows in batches; several relays may run at once."""
+
+    def __init__(self, app: Celery, rows: OutboxRows, settings: Settings) -> None:
+        self.app = app
+        self.rows = rows
+        self.settings = settings
+
+    def run_batch(self) -> int:
+        """Claim, publish and mark one batch; return how many rows were confirmed sent."""
+        now = utcnow()
+        token = uuid.uuid4().hex
+        claimed = self.rows.claim(
+            self.settings.relay_batch_size, now, token, now - self.settings.stuck_threshold
+        )
+        if not claimed:
+            return 0
+        sent: list[int] = []
+        try:
+            with self._connection() as connection:
+                producer = Producer(connection.default_channel)  # type: ignore[no-untyped-call]
+                declared: set[str] = set()
+                for row in claimed:
+                    try:
+                        self._publish(producer, row, declared)
+                    except connection.connection_errors + connection.channel_errors:
+                        raise
+                    except Exception as exc:  # this message, not the broker
+                        logger.warning("outbox row %s failed to publish: %s", row.id, exc)
+                        self.rows.mark_failed(
+                            row.id,
+                            token,
+                            f"{type(exc).__name__}: {exc}",
+                            utcnow() + backoff(row.attempts + 1),
+                            self.settings.outbox_max_attempts,
+                        )
+                    else:
+                        sent.append(row.id)
+        except Exception as exc:
+            # The broker went away mid-batch: keep what it confirmed, hand the rest back.
+            logger.warning("relay lost the broker after %d of %d: %s", len(sent), len(claimed), exc)
+            self.rows.mark_sent(sent, token, utcnow())
+            self.rows.release([r.id for r in claimed if r.id not in sent], token)
+            raise
+        marked = self.rows.mark_sent(sent, token, utcnow())
+        if marked < len(sent):
+            logger.warning(
+                "relay batch %s lost %d rows to another relay", token, len(sent) - marked
+            )
+        return marked
+
+    def drain(self) -> int:
+        """Publish batches until nothing is due; return how many were sent."""
+        total = 0
+        while sent := self.run_batch():
+            total += sent
+        return total
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish until ``stop`` is set; a batch under way is finished first."""
+        idle = self.settings.relay_idle_interval.total_seconds()
+        broker_down = 0
+        while not stop.is_set():
+            try:
+                sent = self.run_batch()
+                broker_down = 0
+            except Exception:
+                broker_down += 1
+                stop.wait(min(30.0, 0.5 * 2**broker_down))
+                continue
+            if not sent:
+                stop.wait(idle)
+
+    def _connection(self) -> Any:
+        # Publisher confirms: kombu waits for RabbitMQ's ack of each publish (no-op elsewhere).
+        return self.app.connection_for_write(transport_options={"confirm_publish": True})
+
+    def _publish(self, producer: Producer, row: Any, declared: set[str]) -> None:
+        declare = []
+        if row.queue and row.queue not in declared:  # as send_task does, once per batch
+            declare = [self.app.amqp.queues[row.queue]]
+            declared.add(row.queue)
+        producer.publish(
+            row.body,
+            exchange=row.exchange,
+            routing_key=row.routing_key,
+            content_type=row.content_type,
+            content_encoding=row.content_encoding,
+            headers=kombu_json.loads(row.headers),  # type: ignore[no-untyped-call]
+            declare=declare,
+            retry=False,
+            **kombu_json.loads(row.properties),  # type: ignore[no-untyped-call]
+        )

@@ -1,0 +1,66 @@
+"""The outbox through `celery reliable relay` processes and a real broker to a real worker."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+from sqlalchemy.orm import Session
+
+from tests.support import ROOT, wait_for
+
+APP = "tests.acceptance.worker_app"
+
+
+def relay_command(stack, *args: str, **popen: object):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **stack.env}
+    command = [sys.executable, "-m", "celery", "-A", APP, "reliable", "relay", *args]
+    return command, env
+
+
+def enqueue(stack, count: int, *, commit: bool = True, start: int = 0) -> None:
+    with Session(stack.reliable.database.engine) as session, session.begin():
+        for n in range(start, start + count):
+            stack.reliable.outbox.enqueue(
+                session, stack.producer.signature("effect", (None,)), message_id=f"o-{n}"
+            )
+        if not commit:
+            session.rollback()
+
+
+def test_committed_messages_reach_the_worker_once_and_rolled_back_ones_never(postgres_stack):
+    stack = postgres_stack
+    enqueue(stack, 200)
+    enqueue(stack, 50, commit=False, start=1000)
+    command, env = relay_command(stack, "--once")
+    first = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.strip() == "relayed 200 messages"
+    again = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.stdout.strip() == "relayed 0 messages"
+    with stack.worker():
+        wait_for(lambda: stack.effect_count() >= 200, 90, what="200 effects")
+    assert stack.effect_count() == 200
+    assert stack.count("runs") == 200
+
+
+def test_a_running_relay_publishes_new_commits_and_stops_cleanly_on_sigterm(postgres_stack):
+    stack = postgres_stack
+    command, env = relay_command(stack)
+    relay = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        with stack.worker():
+            enqueue(stack, 20)
+            wait_for(lambda: stack.effect_count() >= 20, 60, what="20 effects")
+            enqueue(stack, 5, start=20)
+            wait_for(lambda: stack.effect_count() >= 25, 60, what="25 effects")
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        _, err = relay.communicate(timeout=30)
+    assert relay.returncode == 0, err
+    assert "stopping after the current batch" in err
+    assert stack.effect_count() == 25

@@ -7,6 +7,7 @@ the inbox talks to the store port, the store to the database.
 from __future__ import annotations
 
 import logging
+import threading
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +46,7 @@ class Reliable:
         self._checked = False
         setattr(app, _ATTRIBUTE, self)
         app.steps["worker"].add(_CheckAtStartup)
+        app.steps["worker"].add(_RelayInWorker)
 
     @classmethod
     def of(cls, app: Celery) -> Reliable:
@@ -166,6 +168,35 @@ def handler_keys_of(task: ReliableTask) -> tuple[str, ...]:
     if len(set(keys)) != len(keys):
         raise ConfigurationError(f"task {task.name!r}: handler keys repeat: {keys!r}")
     return keys
+
+
+class _RelayInWorker(bootsteps.StartStopStep):  # type: ignore[misc]
+    """The relay as a thread of the worker's main process (``reliable_relay_in_worker``).
+
+    It starts after the pool, so prefork children are forked before the thread exists, and
+    on shutdown it finishes its batch before the worker exits.
+    """
+
+    label = "celery_reliable relay"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        self.enabled = Reliable.of(worker.app).settings.relay_in_worker
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        super().__init__(worker, **kwargs)
+
+    def start(self, worker: Any) -> None:
+        relay = Reliable.of(worker.app).relay
+        self._thread = threading.Thread(
+            target=relay.run, args=(self._stop,), name="celery-reliable-relay", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, worker: Any) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=60)
 
 
 class _CheckAtStartup(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -125,6 +125,12 @@ class Settings:
         "Publish attempts of one outbox row before it is poisoned (kept, never deleted "
         "automatically). A broker that cannot be reached does not use up attempts.",
     )
+    relay_in_worker: bool = _setting(
+        False,
+        _boolean,
+        "Run the relay inside every `celery worker` (a thread of its main process) instead of "
+        "as `celery -A app reliable relay`. Several relays may run at once.",
+    )
     relay_batch_size: int = _setting(
         500, _positive_int, "Outbox rows a relay claims and publishes per batch."
     )

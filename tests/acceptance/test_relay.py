@@ -64,3 +64,12 @@ def test_a_running_relay_publishes_new_commits_and_stops_cleanly_on_sigterm(post
     assert relay.returncode == 0, err
     assert "stopping after the current batch" in err
     assert stack.effect_count() == 25
+
+
+def test_a_worker_can_run_the_relay_itself(postgres_stack):
+    stack = postgres_stack
+    with stack.worker("-P", "threads", RT_RELAY_IN_WORKER="1") as worker:
+        enqueue(stack, 30)
+        wait_for(lambda: stack.effect_count() >= 30, 60, what="30 effects")
+    assert stack.effect_count() == 30
+    assert "Traceback" not in worker.output()

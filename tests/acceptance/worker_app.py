@@ -24,6 +24,8 @@ extra = (
     if "RT_MAX_ATTEMPTS" in os.environ
     else {}
 )
+if "RT_RELAY_IN_WORKER" in os.environ:
+    extra["reliable_relay_in_worker"] = True
 if "RT_BAD_SETTING" in os.environ:
     extra[os.environ["RT_BAD_SETTING"]] = 0
 

@@ -94,7 +94,7 @@ class Reliable:
     @cached_property
     def relay(self) -> Relay:
         """Publishes committed outbox rows; run by ``celery -A app reliable relay``."""
-        return Relay(self.app, OutboxRows(self.database, self.tables), self.settings)
+        return Relay(self.app, OutboxRows(self.database, self.tables), self.settings, self.tables)
 
     def create_schema(self) -> None:
         """Apply the shipped migrations (same as ``celery -A app reliable db upgrade``)."""

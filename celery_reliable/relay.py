@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +25,8 @@ from kombu.utils import json as kombu_json
 from .inbox import utcnow
 from .settings import Settings
 from .store.outbox_rows import OutboxRows
+from .store.tables import Tables
+from .store.wakeup import wakeup_for
 
 logger = logging.getLogger(__name__)
 
@@ -39,10 +42,12 @@ def backoff(attempts: int) -> timedelta:
 class Relay:
     """Publishes due outbox rows in batches; several relays may run at once."""
 
-    def __init__(self, app: Celery, rows: OutboxRows, settings: Settings) -> None:
+    def __init__(self, app: Celery, rows: OutboxRows, settings: Settings, tables: Tables) -> None:
         self.app = app
         self.rows = rows
         self.settings = settings
+        self.tables = tables
+        self._connection: Any = None  # kept across batches; rebuilt after a failure
 
     def run_batch(self) -> int:
         """Claim, publish and mark one batch; return how many rows were confirmed sent."""
@@ -55,28 +60,11 @@ class Relay:
             return 0
         sent: list[int] = []
         try:
-            with self._connection() as connection:
-                producer = Producer(connection.default_channel)  # type: ignore[no-untyped-call]
-                declared: set[str] = set()
-                for row in claimed:
-                    try:
-                        self._publish(producer, row, declared)
-                    except connection.connection_errors + connection.channel_errors:
-                        raise
-                    except Exception as exc:  # this message, not the broker
-                        logger.warning("outbox row %s failed to publish: %s", row.id, exc)
-                        self.rows.mark_failed(
-                            row.id,
-                            token,
-                            f"{type(exc).__name__}: {exc}",
-                            utcnow() + backoff(row.attempts + 1),
-                            self.settings.outbox_max_attempts,
-                        )
-                    else:
-                        sent.append(row.id)
+            self._publish_batch(claimed, token, sent)
         except Exception as exc:
             # The broker went away mid-batch: keep what it confirmed, hand the rest back.
             logger.warning("relay lost the broker after %d of %d: %s", len(sent), len(claimed), exc)
+            self._drop_broker()
             self.rows.mark_sent(sent, token, utcnow())
             self.rows.release([r.id for r in claimed if r.id not in sent], token)
             raise
@@ -87,6 +75,28 @@ class Relay:
             )
         return marked
 
+    def _publish_batch(self, claimed: Sequence[Any], token: str, sent: list[int]) -> None:
+        """Publish each row, appending confirmed ids to ``sent``; broker errors propagate."""
+        connection = self._broker()
+        producer = Producer(connection.default_channel)  # type: ignore[no-untyped-call]
+        declared: set[str] = set()
+        for row in claimed:
+            try:
+                self._publish(producer, row, declared)
+            except connection.connection_errors + connection.channel_errors:
+                raise
+            except Exception as exc:  # this message, not the broker
+                logger.warning("outbox row %s failed to publish: %s", row.id, exc)
+                self.rows.mark_failed(
+                    row.id,
+                    token,
+                    f"{type(exc).__name__}: {exc}",
+                    utcnow() + backoff(row.attempts + 1),
+                    self.settings.outbox_max_attempts,
+                )
+            else:
+                sent.append(row.id)
+
     def drain(self) -> int:
         """Publish batches until nothing is due; return how many were sent."""
         total = 0
@@ -95,23 +105,50 @@ class Relay:
         return total
 
     def run(self, stop: threading.Event) -> None:
-        """Publish until ``stop`` is set; a batch under way is finished first."""
-        idle = self.settings.relay_idle_interval.total_seconds()
-        broker_down = 0
-        while not stop.is_set():
-            try:
-                sent = self.run_batch()
-                broker_down = 0
-            except Exception:
-                broker_down += 1
-                stop.wait(min(30.0, 0.5 * 2**broker_down))
-                continue
-            if not sent:
-                stop.wait(idle)
+        """Publish until ``stop`` is set; a batch under way is finished first.
 
-    def _connection(self) -> Any:
-        # Publisher confirms: kombu waits for RabbitMQ's ack of each publish (no-op elsewhere).
-        return self.app.connection_for_write(transport_options={"confirm_publish": True})
+        When idle it waits for the store's commit notifications (PostgreSQL) or polls.
+        """
+        idle = self.settings.relay_idle_interval.total_seconds()
+        wakeup = wakeup_for(self.rows.database, self.tables, stop)
+        broker_down = 0
+        try:
+            while not stop.is_set():
+                try:
+                    sent = self.run_batch()
+                    broker_down = 0
+                except Exception:
+                    broker_down += 1
+                    stop.wait(min(30.0, 0.5 * 2**broker_down))
+                    continue
+                if not sent:
+                    wakeup.wait(idle)
+        finally:
+            wakeup.close()
+            self.close()
+
+    def _broker(self) -> Any:
+        """The relay's broker connection, opened once and kept across batches.
+
+        Publisher confirms: kombu waits for RabbitMQ's ack of each publish (no-op elsewhere).
+        """
+        if self._connection is None:
+            connection = self.app.connection_for_write(transport_options={"confirm_publish": True})
+            connection.ensure_connection(max_retries=1)
+            self._connection = connection
+        return self._connection
+
+    def _drop_broker(self) -> None:
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            try:
+                connection.release()
+            except Exception:  # already broken; the next batch connects afresh
+                logger.debug("closing the broken broker connection failed", exc_info=True)
+
+    def close(self) -> None:
+        """Release the broker connection (the relay can be used again afterwards)."""
+        self._drop_broker()
 
     def _publish(self, producer: Producer, row: Any, declared: set[str]) -> None:
         declare = []

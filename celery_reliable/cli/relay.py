@@ -22,6 +22,8 @@ def relay(ctx: click.Context, once: bool) -> None:
             sent = ext.relay.drain()
         except Exception as exc:  # the rows were handed back; nothing is lost
             raise click.ClickException(f"relay failed, unsent rows kept: {exc}") from exc
+        finally:
+            ext.relay.close()
         click.echo(f"relayed {sent} messages")
         return
     stop = threading.Event()

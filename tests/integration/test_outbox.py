@@ -211,3 +211,33 @@ def test_relays_racing_publish_each_row_once(shop):
         assert conn.execute(select(func.count()).where(t.c.status == "sent")).scalar() == 300
     wait_for(lambda: len(shop.receipts) == 300, 60, what="every message to run")
     assert set(shop.receipts.values()) == {1}
+
+
+def test_a_running_relay_is_woken_by_commits_on_postgresql(db_url, table_prefix):
+    """With a 60 s idle interval, only the commit notification can explain a fast publish."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; other stores poll")
+    shop = Shop(db_url, table_prefix)
+    shop.app.conf.reliable_relay_idle_interval = 60
+    shop.reliable.__dict__.pop("settings", None)  # re-read: this relay idles for a minute
+    shop.reliable.__dict__.pop("relay", None)
+    stop = threading.Event()
+    relay = threading.Thread(target=shop.reliable.relay.run, args=(stop,))
+    try:
+        with start_worker(shop.app, pool="threads", perform_ping_check=False):
+            relay.start()
+            wait_for(lambda: _listening(shop), 10, what="the relay to LISTEN")
+            with shop.reliable.database.engine.begin() as conn:
+                shop.reliable.outbox.enqueue(conn, shop.receipt.s(1), message_id="woken")
+            wait_for(lambda: shop.receipts["woken"] == 1, 10, what="the woken relay's publish")
+    finally:
+        stop.set()
+        relay.join(10)
+        shop.reliable.database.dispose()
+    assert not relay.is_alive()
+
+
+def _listening(shop) -> bool:
+    query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%outbox%%'"
+    with shop.reliable.database.engine.connect() as conn:
+        return bool(conn.exec_driver_sql(query).scalar())

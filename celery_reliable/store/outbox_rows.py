@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, case, or_, select, update
+from sqlalchemy import Row, case, func, or_, select, update
 
 from .database import Database
 from .tables import Tables
@@ -26,12 +26,24 @@ class OutboxRows:
     def claim(
         self, limit: int, now: datetime, token: str, stale_before: datetime
     ) -> Sequence[Row[Any]]:
-        """Take up to ``limit`` due rows (unclaimed, or claimed by a relay presumed dead)."""
+        """Take up to ``limit`` due rows (unclaimed, or claimed by a relay presumed dead).
+
+        A row with an ordering key is taken only while it is the oldest pending row of its
+        key, so each key is published strictly in order, one message per batch, and a head
+        that fails (and backs off) holds back its own key only.
+        """
         t = self.table
+        earlier = t.alias("earlier")
+        head_of_key = (
+            select(func.min(earlier.c.id))
+            .where(earlier.c.ordering_key == t.c.ordering_key, earlier.c.status == PENDING)
+            .scalar_subquery()
+        )
         due = (
             select(t.c.id)
             .where(t.c.status == PENDING, t.c.available_at <= now)
             .where(or_(t.c.claim_token.is_(None), t.c.claimed_at < stale_before))
+            .where(or_(t.c.ordering_key.is_(None), t.c.id == head_of_key))
             .order_by(t.c.id)
             .limit(limit)
         )

@@ -137,5 +137,6 @@ def build_tables(prefix: str) -> Tables:
         Column("claimed_at", UTCDateTime()),
         Column("sent_at", UTCDateTime()),
         Index(f"{prefix}outbox_due", "status", "available_at", "id"),
+        Index(f"{prefix}outbox_ordering", "ordering_key", "status", "id"),
     )
     return Tables(prefix, metadata, inbox_message, inbox_status, outbox)

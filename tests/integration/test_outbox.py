@@ -241,3 +241,47 @@ def _listening(shop) -> bool:
     query = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%%outbox%%'"
     with shop.reliable.database.engine.connect() as conn:
         return bool(conn.exec_driver_sql(query).scalar())
+
+
+def test_each_ordering_key_is_published_in_order_and_a_failing_head_blocks_only_its_key(shop):
+    outbox, table = shop.reliable.outbox, shop.reliable.tables.outbox
+    with shop.reliable.database.engine.begin() as conn:
+        for name, key in [
+            ("a1", "A"),
+            ("b1", "B"),
+            ("a2", "A"),
+            ("n1", None),
+            ("b2", "B"),
+            ("a3", "A"),
+            ("b3", "B"),
+        ]:
+            outbox.enqueue(conn, shop.receipt.s(name), message_id=name, ordering_key=key)
+        # A's head cannot be published for now (a broken row, as a stand-in for any failure).
+        conn.execute(update(table).where(table.c.message_id == "a1").values(headers="{"))
+    shop.reliable.relay.drain()
+    status = {row.message_id: row.status for row in shop.rows()}
+    assert status == {
+        "a1": "pending",
+        "a2": "pending",
+        "a3": "pending",
+        "b1": "sent",
+        "b2": "sent",
+        "b3": "sent",
+        "n1": "sent",
+    }
+    with shop.reliable.database.engine.begin() as conn:  # the cause is fixed
+        good = shop.reliable.outbox.build_row(shop.receipt.s("a1"), "a1", "A", None, None, {})
+        conn.execute(
+            update(table).where(table.c.message_id == "a1").values(headers=good["headers"])
+        )
+    _make_due(shop)
+    shop.reliable.relay.drain()
+    rows = shop.rows()
+    assert {row.status for row in rows} == {"sent"}
+    for key in ("A", "B"):
+        keyed = [row for row in rows if row.ordering_key == key]
+        assert [row.message_id for row in sorted(keyed, key=lambda r: r.sent_at)] == [
+            row.message_id
+            for row in keyed  # id order = enqueue order
+        ]
+        assert len({row.sent_at for row in keyed}) == 3  # one per batch: never two at once

@@ -79,7 +79,8 @@ class Queue:
     def delete(self) -> None:
         """Remove the queue and the exchange (or Redis binding) Celery declared for it."""
         if self.kind == "redis":
-            self._redis.delete(self.name, f"_kombu.binding.{self.name}")
+            bindings = (f"_kombu.binding.{self.name}", f"_kombu.binding_permanent.{self.name}")
+            self._redis.delete(self.name, *bindings)
             self._redis.close()
         else:
             self._channel.queue_delete(self.name)

@@ -71,6 +71,15 @@ class Stack:
         path = self.dir / name
         return len(path.read_text().split()) if path.exists() else 0
 
+    def queue_depth(self) -> int:
+        with self.producer.connection_for_write() as conn:
+            return int(conn.default_channel.queue_declare(f"q_{self.prefix}", passive=True)[1])
+
+    def outbox_count(self, status: str) -> int:
+        t = self.reliable.tables.outbox
+        with self.reliable.database.engine.connect() as conn:
+            return conn.execute(select(func.count()).where(t.c.status == status)).scalar_one()
+
     def close(self) -> None:
         with self.producer.connection_for_write() as conn:
             conn.default_channel.queue_delete(f"q_{self.prefix}")

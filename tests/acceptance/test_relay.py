@@ -73,3 +73,48 @@ def test_a_worker_can_run_the_relay_itself(postgres_stack):
         wait_for(lambda: stack.effect_count() >= 30, 60, what="30 effects")
     assert stack.effect_count() == 30
     assert "Traceback" not in worker.output()
+
+
+def test_three_relays_publish_ten_thousand_rows_exactly_once(postgres_stack):
+    stack = postgres_stack
+    enqueue(stack, 10_000)
+    command, env = relay_command(stack, "--once")
+    relays = [
+        subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    outputs = [relay.communicate(timeout=300)[0] for relay in relays]
+    assert [relay.returncode for relay in relays] == [0, 0, 0]
+    counts = [int(out.split()[1]) for out in outputs]  # "relayed N messages"
+    assert sum(counts) == 10_000
+    assert stack.outbox_count("sent") == 10_000
+    # RabbitMQ's queue count lags the last publishes for a moment.
+    assert wait_for(lambda: stack.queue_depth() == 10_000, 30, what="10,000 queued")
+
+
+def test_a_relay_killed_mid_run_loses_nothing_and_doubles_no_effect(postgres_stack):
+    stack = postgres_stack
+    total = 3000
+    enqueue(stack, total)
+    command, env = relay_command(stack)
+    env.update(RT_STUCK="2s", RT_RELAY_BATCH="50")
+    relay = subprocess.Popen(
+        command, env=env, cwd=ROOT, start_new_session=True, stderr=subprocess.DEVNULL
+    )
+    wait_for(lambda: stack.outbox_count("sent") >= 100, 60, what="the relay to be under way")
+    os.killpg(relay.pid, signal.SIGKILL)
+    relay.wait(30)
+    sent_before = stack.outbox_count("sent")
+    assert sent_before < total, "the relay finished before it could be killed"
+    once, once_env = relay_command(stack, "--once")
+    once_env.update(RT_STUCK="2s")
+    with stack.worker():
+
+        def relayed_everything() -> bool:  # rows the killed relay held come back after 2 s
+            subprocess.run(once, env=once_env, cwd=ROOT, capture_output=True, timeout=120)
+            return stack.outbox_count("sent") == total
+
+        wait_for(relayed_everything, 120, interval=0.5, what="every row to be relayed")
+        wait_for(lambda: stack.effect_count() >= total, 120, what=f"{total} effects")
+    assert stack.effect_count() == total
+    assert stack.count("runs") == total  # a re-published duplicate never ran the body

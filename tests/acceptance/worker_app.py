@@ -24,6 +24,10 @@ extra = (
     if "RT_MAX_ATTEMPTS" in os.environ
     else {}
 )
+if "RT_STUCK" in os.environ:
+    extra["reliable_stuck_threshold"] = os.environ["RT_STUCK"]
+if "RT_RELAY_BATCH" in os.environ:
+    extra["reliable_relay_batch_size"] = int(os.environ["RT_RELAY_BATCH"])
 if "RT_RELAY_IN_WORKER" in os.environ:
     extra["reliable_relay_in_worker"] = True
 if "RT_BAD_SETTING" in os.environ:

@@ -6,10 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tests.support import ROOT, wait_for
+from tests.support import ROOT, FaultyLink, wait_for
 
 APP = "tests.acceptance.worker_app"
 
@@ -118,3 +120,46 @@ def test_a_relay_killed_mid_run_loses_nothing_and_doubles_no_effect(postgres_sta
         wait_for(lambda: stack.effect_count() >= total, 120, what=f"{total} effects")
     assert stack.effect_count() == total
     assert stack.count("runs") == total  # a re-published duplicate never ran the body
+
+
+def test_rows_wait_out_a_broker_outage_without_using_attempts_then_flow(postgres_stack):
+    stack = postgres_stack
+    parts = urlsplit(stack.broker)
+    link = FaultyLink(parts.hostname or "127.0.0.1", parts.port or _PORTS[parts.scheme])
+    command, env = relay_command(stack)
+    env["RT_BROKER"] = link.url_for(stack.broker)  # only the relay goes through the proxy
+    relay = subprocess.Popen(
+        command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        with stack.worker():
+            enqueue(stack, 20)
+            wait_for(lambda: stack.effect_count() >= 20, 60, what="20 effects before the cut")
+            link.cut()
+            enqueue(stack, 20, start=20)
+            # The relay tried during the outage: it claimed the new rows and handed them back.
+            wait_for(lambda: _tried_and_released(stack) == 20, 60, what="a failed attempt")
+            assert stack.outbox_count("pending") == 20  # waiting, not lost, not poisoned
+            link.restore()
+            wait_for(lambda: stack.effect_count() >= 40, 90, what="40 effects after the outage")
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        _, err = relay.communicate(timeout=60)
+        link.close()
+    assert stack.effect_count() == 40
+    assert "relay lost the broker" in err or "Connection" in err
+    t = stack.reliable.tables.outbox
+    with stack.reliable.database.engine.connect() as conn:
+        assert conn.execute(select(func.max(t.c.attempts))).scalar() == 0
+
+
+_PORTS = {"redis": 6379, "amqp": 5672}
+
+
+def _tried_and_released(stack) -> int:
+    t = stack.reliable.tables.outbox
+    query = select(func.count()).where(
+        t.c.status == "pending", t.c.claimed_at.is_not(None), t.c.claim_token.is_(None)
+    )
+    with stack.reliable.database.engine.connect() as conn:
+        return conn.execute(query).scalar_one()

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from . import inbox
+from . import inbox, relay
 
-BENCHMARKS = {"inbox": inbox}
+BENCHMARKS = {"inbox": inbox, "relay": relay}
 
 
 def main(argv: list[str] | None = None) -> int:

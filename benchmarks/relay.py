@@ -1,0 +1,241 @@
+"""The relay against the raw limit and against Celery's own publishing, in one run.
+
+For each broker, the same N outbox rows (enqueued through ``reliable.outbox``) are moved
+three ways, each timed from the first claim to the last mark:
+
+- **raw loop**: what a minimal relay can do. It claims 500 rows in one transaction
+  (``FOR UPDATE SKIP LOCKED``), pushes the stored bodies (pipelined LPUSH on Redis; one
+  confirm wait per batch on RabbitMQ) and marks them sent. The messages are bare bytes,
+  not consumable Celery messages: this is the ceiling, not a competitor;
+- **relay**: ``reliable.relay.drain()``, real Celery messages with confirms;
+- **apply_async**: Celery's own loop publishing the same number of messages, with no
+  store.
+
+Also the commit-to-broker latency (p50/p99) of single-message transactions with a running
+relay. Targets (issue: relay >= 0.8x the raw loop; latency p50 <= 10 ms, p99 <= 100 ms)
+are printed beside the figures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import statistics
+import threading
+import time
+import uuid
+from typing import Any
+
+from sqlalchemy import select, update
+
+from celery_reliable import Reliable
+
+from .inbox import BROKERS, STORE, drop_tables, unreachable
+
+BATCH = 500
+
+
+def _app(kind: str, prefix: str) -> Any:
+    from celery import Celery
+
+    app = Celery("bench_relay", broker=BROKERS[kind], set_as_current=False)
+    app.conf.update(
+        task_default_queue=f"q_{prefix}",
+        reliable_database_url=STORE,
+        reliable_table_prefix=prefix,
+        reliable_relay_batch_size=BATCH,
+        broker_connection_retry_on_startup=True,
+    )
+    Reliable(app)
+
+    @app.task(name="bench.noop", shared=False)
+    def noop(n: int) -> None:
+        """Never runs: nothing consumes in this benchmark."""
+
+    return app
+
+
+def _fill(reliable: Any, task: Any, count: int) -> None:
+    with reliable.database.engine.begin() as conn:
+        for n in range(count):
+            reliable.outbox.enqueue(conn, task.s(n))
+
+
+def _reset(reliable: Any, queue: Any) -> None:
+    t = reliable.tables.outbox
+    with reliable.database.engine.begin() as conn:
+        conn.execute(update(t).values(status="pending", claim_token=None, sent_at=None))
+    queue()
+
+
+def _raw_loop(kind: str, reliable: Any, queue_name: str) -> float:
+    t = reliable.tables.outbox
+    claim = (
+        select(t.c.id, t.c.body)
+        .where(t.c.status == "pending")
+        .order_by(t.c.id)
+        .limit(BATCH)
+        .with_for_update(skip_locked=True)
+    )
+    push = _raw_pusher(kind, queue_name)
+    moved, started = 0, time.perf_counter()
+    while True:
+        with reliable.database.engine.begin() as conn:
+            rows = conn.execute(claim).all()
+            if not rows:
+                break
+            push([row.body for row in rows])
+            conn.execute(update(t).where(t.c.id.in_([r.id for r in rows])).values(status="sent"))
+        moved += len(rows)
+    return moved / (time.perf_counter() - started)
+
+
+def _raw_pusher(kind: str, queue_name: str) -> Any:
+    if kind == "redis":
+        import redis
+
+        client = redis.Redis.from_url(BROKERS[kind])
+
+        def push_redis(bodies: list[bytes]) -> None:
+            pipe = client.pipeline(transaction=False)
+            for body in bodies:
+                pipe.lpush(queue_name, body)
+            pipe.execute()
+
+        return push_redis
+    import amqp
+
+    parts = BROKERS[kind].split("//", 1)[1].split("@")
+    user, password = parts[0].split(":")
+    connection = amqp.Connection(parts[1].rstrip("/"), userid=user, password=password)
+    connection.connect()
+    channel = connection.channel()
+    channel.queue_declare(queue_name, durable=True, auto_delete=False)
+    channel.confirm_select()
+    state = {"published": 0, "acked": 0}
+
+    def on_ack(tag: int, multiple: bool) -> None:
+        state["acked"] = max(state["acked"], tag) if multiple else state["acked"] + 1
+
+    channel.events["basic_ack"].add(on_ack)
+
+    def push_amqp(bodies: list[bytes]) -> None:
+        for body in bodies:
+            channel.basic_publish(amqp.Message(body, delivery_mode=2), "", queue_name)
+        state["published"] += len(bodies)
+        while state["acked"] < state["published"]:  # one wait per batch, not per message
+            connection.drain_events(timeout=30)
+
+    return push_amqp
+
+
+def _purge(app: Any, queue_name: str) -> None:
+    with app.connection_for_write() as conn, contextlib.suppress(Exception):  # not declared yet
+        conn.default_channel.queue_purge(queue_name)
+
+
+def _apply_async_loop(app: Any, count: int) -> float:
+    task = app.tasks["bench.noop"]
+    started = time.perf_counter()
+    with app.producer_or_acquire() as producer:
+        for n in range(count):
+            task.apply_async((n,), producer=producer)
+    return count / (time.perf_counter() - started)
+
+
+def _latency(kind: str, reliable: Any, task: Any, queue_name: str, samples: int) -> list[float]:
+    """ms from commit to the message being on the broker, with a running relay."""
+    stop = threading.Event()
+    relay = threading.Thread(target=reliable.relay.run, args=(stop,))
+    relay.start()
+    seen: dict[str, float] = {}
+    probe = _arrivals(kind, queue_name, seen, samples)
+    committed: dict[str, float] = {}
+    time.sleep(0.5)  # let the relay LISTEN before the first commit
+    for n in range(samples):
+        with reliable.database.engine.begin() as conn:
+            reliable.outbox.enqueue(conn, task.s(n), message_id=f"lat-{n}")
+        committed[f"lat-{n}"] = time.perf_counter()
+        time.sleep(0.005)
+    probe.join(60)
+    stop.set()
+    relay.join(30)
+    return sorted((seen[k] - committed[k]) * 1000 for k in committed if k in seen)
+
+
+def _arrivals(kind: str, queue_name: str, seen: dict[str, float], samples: int) -> Any:
+    def watch_redis() -> None:
+        import redis
+
+        client = redis.Redis.from_url(BROKERS[kind])
+        while len(seen) < samples and (item := client.brpop(queue_name, timeout=10)):
+            seen[json.loads(item[1])["headers"]["reliable_message_id"]] = time.perf_counter()
+
+    def watch_amqp() -> None:
+        from kombu import Connection
+
+        with Connection(BROKERS[kind]) as conn:
+            channel = conn.channel()
+            deadline = time.monotonic() + 60
+            while len(seen) < samples and time.monotonic() < deadline:
+                message = channel.basic_get(queue_name, no_ack=True)
+                if message is None:
+                    time.sleep(0.0005)
+                    continue
+                seen[message.headers["reliable_message_id"]] = time.perf_counter()
+
+    thread = threading.Thread(target=watch_redis if kind == "redis" else watch_amqp)
+    thread.start()
+    return thread
+
+
+def run(count: int, brokers: list[str], repeat: int) -> None:
+    print(
+        f"\ncelery_reliable relay benchmark: {count} messages, batches of {BATCH}, store postgresql"
+    )
+    print(
+        f"{'broker':<10}{'raw loop':>10}{'relay':>10}{'apply_async':>13}"
+        f"{'relay/raw':>11}{'relay/apply_async':>19}{'latency p50/p99':>20}"
+    )
+    for kind in brokers:
+        if reason := unreachable(kind):
+            print(f"{kind:<10}skipped: {reason}")
+            continue
+        prefix = f"benchr{uuid.uuid4().hex[:8]}_"
+        app = _app(kind, prefix)
+        reliable = Reliable.of(app)
+        reliable.create_schema()
+        queue_name = f"q_{prefix}"
+        purge = functools.partial(_purge, app, queue_name)
+        try:
+            _fill(reliable, app.tasks["bench.noop"], count)
+            raw, rel, celery_rate = [], [], []
+            for _ in range(repeat):
+                _reset(reliable, purge)
+                raw.append(_raw_loop(kind, reliable, queue_name))
+                _reset(reliable, purge)
+                started = time.perf_counter()
+                moved = reliable.relay.drain()
+                rel.append(moved / (time.perf_counter() - started))
+                purge()
+                celery_rate.append(_apply_async_loop(app, count))
+            purge()
+            lat = _latency(kind, reliable, app.tasks["bench.noop"], queue_name, 200)
+            r, w, a = (statistics.median(x) for x in (raw, rel, celery_rate))
+            p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
+            print(
+                f"{kind:<10}{r:>10.0f}{w:>10.0f}{a:>13.0f}{w / r:>10.2f}x{w / a:>18.2f}x"
+                f"{p50:>12.1f}/{p99:.1f} ms",
+                flush=True,
+            )
+            print(
+                f"{'':<10}targets: relay/raw >= 0.80x {'PASS' if w / r >= 0.8 else 'MISS'}; "
+                f"p50 <= 10 ms {'PASS' if p50 <= 10 else 'MISS'}; "
+                f"p99 <= 100 ms {'PASS' if p99 <= 100 else 'MISS'}"
+            )
+        finally:
+            reliable.relay.close()
+            purge()
+            reliable.database.dispose()
+            drop_tables(prefix)

@@ -1,8 +1,9 @@
 """The relay: move committed outbox rows to the broker, each row published by one relay.
 
 A batch is claimed under a fresh token, published through one broker connection (with
-publisher confirms on RabbitMQ, so a row is marked sent only after the broker has it), and
-marked sent under that token. A relay that crashes after publishing and before marking
+publisher confirms on RabbitMQ, waited for once per batch, so a row is marked sent only
+after the broker has it; pipelined on Redis; see ``celery_reliable.brokers``), and marked
+sent under that token. A relay that crashes after publishing and before marking
 leaves rows that another relay reclaims after ``reliable_stuck_threshold`` and publishes
 again; the receiving ReliableTask's inbox absorbs that duplicate (same task id and message
 id), so end to end the effect happens once.
@@ -22,6 +23,7 @@ from celery import Celery
 from kombu.messaging import Producer
 from kombu.utils import json as kombu_json
 
+from .brokers import BROKER_UNCERTAIN, BatchPublisher, ImmediatePublisher, publisher_for
 from .inbox import utcnow
 from .settings import Settings
 from .store.outbox_rows import OutboxRows
@@ -48,6 +50,7 @@ class Relay:
         self.settings = settings
         self.tables = tables
         self._connection: Any = None  # kept across batches; rebuilt after a failure
+        self._publisher: BatchPublisher = ImmediatePublisher()
 
     def run_batch(self) -> int:
         """Claim, publish and mark one batch; return how many rows were confirmed sent."""
@@ -76,26 +79,38 @@ class Relay:
         return marked
 
     def _publish_batch(self, claimed: Sequence[Any], token: str, sent: list[int]) -> None:
-        """Publish each row, appending confirmed ids to ``sent``; broker errors propagate."""
-        connection = self._broker()
+        """Publish each row and wait for the broker's confirmations once for the batch.
+
+        Appends the ids the broker confirmed to ``sent``; broker errors propagate.
+        """
+        connection, publisher = self._broker()
         producer = Producer(connection.default_channel)  # type: ignore[no-untyped-call]
         declared: set[str] = set()
-        for row in claimed:
-            try:
-                self._publish(producer, row, declared)
-            except connection.connection_errors + connection.channel_errors:
-                raise
-            except Exception as exc:  # this message, not the broker
-                logger.warning("outbox row %s failed to publish: %s", row.id, exc)
-                self.rows.mark_failed(
-                    row.id,
-                    token,
-                    f"{type(exc).__name__}: {exc}",
-                    utcnow() + backoff(row.attempts + 1),
-                    self.settings.outbox_max_attempts,
-                )
-            else:
-                sent.append(row.id)
+        with publisher.batch(producer, len(claimed)):
+            for row in claimed:
+                try:
+                    self._publish(producer, row, declared)
+                except connection.connection_errors + connection.channel_errors + BROKER_UNCERTAIN:
+                    raise  # the broker's trouble, not this message's: the batch is handed back
+                except Exception as exc:  # this message, not the broker
+                    self._failed(row.id, row.attempts, token, f"{type(exc).__name__}: {exc}")
+                else:
+                    publisher.published(row.id)
+        acked, nacked = publisher.confirmed()
+        sent.extend(acked)
+        attempts = {row.id: row.attempts for row in claimed}
+        for row_id in nacked:
+            self._failed(row_id, attempts[row_id], token, "the broker refused it (nack)")
+
+    def _failed(self, row_id: int, attempts: int, token: str, error: str) -> None:
+        logger.warning("outbox row %s failed to publish: %s", row_id, error)
+        self.rows.mark_failed(
+            row_id,
+            token,
+            error,
+            utcnow() + backoff(attempts + 1),
+            self.settings.outbox_max_attempts,
+        )
 
     def drain(self) -> int:
         """Publish batches until nothing is due; return how many were sent."""
@@ -127,16 +142,14 @@ class Relay:
             wakeup.close()
             self.close()
 
-    def _broker(self) -> Any:
-        """The relay's broker connection, opened once and kept across batches.
-
-        Publisher confirms: kombu waits for RabbitMQ's ack of each publish (no-op elsewhere).
-        """
+    def _broker(self) -> tuple[Any, BatchPublisher]:
+        """The relay's broker connection and its publisher, kept across batches."""
         if self._connection is None:
-            connection = self.app.connection_for_write(transport_options={"confirm_publish": True})
+            connection = self.app.connection_for_write()
             connection.ensure_connection(max_retries=1)
+            self._publisher = publisher_for(connection)
             self._connection = connection
-        return self._connection
+        return self._connection, self._publisher
 
     def _drop_broker(self) -> None:
         connection, self._connection = self._connection, None

@@ -194,13 +194,14 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 
 def drop_tables(prefix: str) -> None:
-    """Drop every table of this run (the inbox tables and the migrations' version table)."""
+    """Drop every table of this run, and the outbox trigger's function (PostgreSQL)."""
     engine = create_engine(STORE)
     try:
         with engine.begin() as conn:
             for name in inspect(conn).get_table_names():
                 if name.startswith(prefix):
                     conn.execute(text(f'DROP TABLE "{name}"'))
+            conn.execute(text(f'DROP FUNCTION IF EXISTS "{prefix}outbox_notify"()'))
     finally:
         engine.dispose()
 

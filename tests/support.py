@@ -119,13 +119,15 @@ def make_app(
 
 
 def drop_store(url: str, prefix: str) -> None:
-    """Drop every table whose name starts with ``prefix``."""
+    """Drop every table whose name starts with ``prefix``, and PostgreSQL's trigger function."""
     engine = create_engine(url)
     try:
         with engine.begin() as conn:
             for name in inspect(conn).get_table_names():
                 if name.startswith(prefix):
                     conn.execute(text(f"DROP TABLE {conn.dialect.identifier_preparer.quote(name)}"))
+            if conn.dialect.name == "postgresql":
+                conn.execute(text(f'DROP FUNCTION IF EXISTS "{prefix}outbox_notify"()'))
     finally:
         engine.dispose()
 

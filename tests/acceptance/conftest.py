@@ -83,6 +83,7 @@ class Stack:
     def close(self) -> None:
         with self.producer.connection_for_write() as conn:
             conn.default_channel.queue_delete(f"q_{self.prefix}")
+            conn.default_channel.exchange_delete(f"q_{self.prefix}")  # Celery declared it
         self.reliable.database.dispose()
         drop_store(self.db, self.prefix)
 

@@ -126,8 +126,13 @@ def drop_store(url: str, prefix: str) -> None:
             for name in inspect(conn).get_table_names():
                 if name.startswith(prefix):
                     conn.execute(text(f"DROP TABLE {conn.dialect.identifier_preparer.quote(name)}"))
-            if conn.dialect.name == "postgresql":
-                conn.execute(text(f'DROP FUNCTION IF EXISTS "{prefix}outbox_notify"()'))
+            if conn.dialect.name == "postgresql":  # the outbox trigger's functions
+                functions = conn.execute(
+                    text("SELECT proname FROM pg_proc WHERE starts_with(proname, :prefix)"),
+                    {"prefix": prefix},
+                ).scalars()
+                for function in list(functions):
+                    conn.execute(text(f'DROP FUNCTION IF EXISTS "{function}"()'))
     finally:
         engine.dispose()
 

@@ -33,9 +33,10 @@ from collections.abc import Callable
 from contextlib import ExitStack, suppress
 from pathlib import Path
 
-from sqlalchemy import create_engine, func, inspect, make_url, select, text
+from sqlalchemy import create_engine, func, make_url, select
 
 from celery_reliable import Reliable
+from celery_reliable.testing import drop_store
 
 from .bench_app import TASK_NAMES, VARIANTS, create_app
 
@@ -195,15 +196,7 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
 
 def drop_tables(prefix: str) -> None:
     """Drop every table of this run, and the outbox trigger's function (PostgreSQL)."""
-    engine = create_engine(STORE)
-    try:
-        with engine.begin() as conn:
-            for name in inspect(conn).get_table_names():
-                if name.startswith(prefix):
-                    conn.execute(text(f'DROP TABLE "{name}"'))
-            conn.execute(text(f'DROP FUNCTION IF EXISTS "{prefix}outbox_notify"()'))
-    finally:
-        engine.dispose()
+    drop_store(STORE, prefix)
 
 
 def unreachable(kind: str) -> str | None:

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from celery_reliable.testing import drop_store
+
 from .support import database_url as _database_url
-from .support import drop_store, require, unique
+from .support import require, unique
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])

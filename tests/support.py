@@ -18,7 +18,6 @@ from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
-from sqlalchemy import create_engine, inspect, text
 
 from celery_reliable import Reliable
 
@@ -116,25 +115,6 @@ def make_app(
     app.conf.update(settings)
     Reliable(app)
     return app
-
-
-def drop_store(url: str, prefix: str) -> None:
-    """Drop every table whose name starts with ``prefix``, and PostgreSQL's trigger function."""
-    engine = create_engine(url)
-    try:
-        with engine.begin() as conn:
-            for name in inspect(conn).get_table_names():
-                if name.startswith(prefix):
-                    conn.execute(text(f"DROP TABLE {conn.dialect.identifier_preparer.quote(name)}"))
-            if conn.dialect.name == "postgresql":  # the outbox trigger's functions
-                functions = conn.execute(
-                    text("SELECT proname FROM pg_proc WHERE starts_with(proname, :prefix)"),
-                    {"prefix": prefix},
-                ).scalars()
-                for function in list(functions):
-                    conn.execute(text(f'DROP FUNCTION IF EXISTS "{function}"()'))
-    finally:
-        engine.dispose()
 
 
 class WorkerProcess:

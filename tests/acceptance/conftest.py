@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy import func, select
 
 from celery_reliable import MESSAGE_ID_HEADER, Reliable
+from celery_reliable.testing import drop_store
 from tests.support import (
     WorkerProcess,
     database_url,
-    drop_store,
     make_app,
     require,
     unique,

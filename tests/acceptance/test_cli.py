@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import ROOT, drop_store, unique
+from celery_reliable.testing import drop_store
+from tests.support import ROOT, unique
 
 APP = "tests.acceptance.worker_app"
 

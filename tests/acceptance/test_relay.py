@@ -16,7 +16,7 @@ from tests.support import ROOT, FaultyLink, wait_for
 APP = "tests.acceptance.worker_app"
 
 
-def relay_command(stack, *args: str, **popen: object):
+def relay_command(stack, *args: str):
     env = {**os.environ, "PYTHONPATH": str(ROOT), **stack.env}
     command = [sys.executable, "-m", "celery", "-A", APP, "reliable", "relay", *args]
     return command, env
@@ -30,6 +30,13 @@ def enqueue(stack, count: int, *, commit: bool = True, start: int = 0) -> None:
             )
         if not commit:
             session.rollback()
+
+
+def enqueue_and_wait(stack, count: int, start: int = 0) -> None:
+    """Enqueue ``count`` messages and wait until the worker has applied them all."""
+    enqueue(stack, count, start=start)
+    total = start + count
+    wait_for(lambda: stack.effect_count() >= total, 90, what=f"{total} effects")
 
 
 def test_committed_messages_reach_the_worker_once_and_rolled_back_ones_never(postgres_stack):
@@ -56,10 +63,8 @@ def test_a_running_relay_publishes_new_commits_and_stops_cleanly_on_sigterm(post
     )
     try:
         with stack.worker():
-            enqueue(stack, 20)
-            wait_for(lambda: stack.effect_count() >= 20, 60, what="20 effects")
-            enqueue(stack, 5, start=20)
-            wait_for(lambda: stack.effect_count() >= 25, 60, what="25 effects")
+            enqueue_and_wait(stack, 20)
+            enqueue_and_wait(stack, 5, start=20)
     finally:
         relay.send_signal(signal.SIGTERM)
         _, err = relay.communicate(timeout=30)
@@ -71,8 +76,7 @@ def test_a_running_relay_publishes_new_commits_and_stops_cleanly_on_sigterm(post
 def test_a_worker_can_run_the_relay_itself(postgres_stack):
     stack = postgres_stack
     with stack.worker("-P", "threads", RT_RELAY_IN_WORKER="1") as worker:
-        enqueue(stack, 30)
-        wait_for(lambda: stack.effect_count() >= 30, 60, what="30 effects")
+        enqueue_and_wait(stack, 30)
     assert stack.effect_count() == 30
     assert "Traceback" not in worker.output()
 
@@ -133,8 +137,7 @@ def test_rows_wait_out_a_broker_outage_without_using_attempts_then_flow(postgres
     )
     try:
         with stack.worker():
-            enqueue(stack, 20)
-            wait_for(lambda: stack.effect_count() >= 20, 60, what="20 effects before the cut")
+            enqueue_and_wait(stack, 20)
             link.cut()
             enqueue(stack, 20, start=20)
             # The relay tried during the outage: it claimed the new rows and handed them back.

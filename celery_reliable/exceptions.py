@@ -31,13 +31,33 @@ class LostOwnership(ReliableError):
     """
 
 
-class MessagePoisoned(ReliableError):
-    """The message is quarantined as poisoned and will not be run again."""
-
-
 class StoreUnavailable(ReliableError):
     """The reliable store could not be reached or failed transiently; the message is deferred."""
 
 
 class EnqueueError(ReliableError, ValueError):
     """The message cannot be put in the outbox; nothing was written."""
+
+
+class InvalidArgument(ReliableError, ValueError):
+    """An argument given to a celery_reliable API is invalid."""
+
+
+class DeadLetterNotFound(ReliableError, LookupError):
+    """There is no dead-letter entry with that id."""
+
+
+class PermanentFailure(ReliableError):
+    """Raised by a task body: this message can never succeed; dead-letter it now, no retry.
+
+    ``reason`` is the DeadLetterReason recorded (``ValidationFailed``, ``AuthorizationFailed``,
+    ... default ``PoisonMessage``).
+    """
+
+    def __init__(self, message: str | None = None, *, reason: str = "PoisonMessage") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class LockLost(ReliableError):
+    """A distributed lock was lost while its work ran; that work stops."""

@@ -8,25 +8,41 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery, bootsteps
+from celery.signals import task_received
 from sqlalchemy.exc import DBAPIError
 
+from . import schedule
+from .admin import Admin
+from .classify import Classifier
+from .dead_letters import DeadLetters
 from .exceptions import ConfigurationError
+from .health import Health
 from .inbox import Inbox
+from .maintenance import LOCK_TTL, Maintenance
+from .metrics import Metrics
 from .outbox import Outbox
-from .relay import Relay
+from .poison import PoisonDetector, as_detector
+from .relay import Relay, RelayHooks
+from .retry import RetryPolicies
 from .settings import Settings
 from .store import Database, SqlStore, build_tables, migrate
 from .store.outbox_rows import OutboxRows
 from .store.tables import KEY_LENGTH, Tables
+from .undeliverable import DeadLetterUndeliverable
 
 if TYPE_CHECKING:
+    from .breakers import Breakers
+    from .locks import LockProvider
     from .task import ReliableTask
 
 _ATTRIBUTE = "_celery_reliable"
+#: Extensions by app name, for what travels without the app object (beat's shelve).
+_BY_NAME: weakref.WeakValueDictionary[str, Reliable] = weakref.WeakValueDictionary()
 logger = logging.getLogger(__name__)
 
 
@@ -44,9 +60,28 @@ class Reliable:
             )
         self.app = app
         self._checked = False
+        _BY_NAME[app.main or ""] = self
+        #: ``reliable.retry_policies["name"] = RetryPolicy...``; "default" is used by tasks
+        #: that name no policy.
+        self.retry_policies = RetryPolicies()
+        #: Detectors added with :meth:`add_poison_detector`, consulted for every ReliableTask.
+        self.poison_detectors: list[PoisonDetector] = []
         setattr(app, _ATTRIBUTE, self)
         app.steps["worker"].add(_CheckAtStartup)
         app.steps["worker"].add(_RelayInWorker)
+        app.steps["consumer"].add(_ReleaseOnColdShutdown)
+        app.steps["consumer"].add(DeadLetterUndeliverable)
+        schedule.install(self)
+        task_received.connect(self._on_received, weak=False)
+
+    def _on_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
+        """A worker received a message of this app: record how long it took to arrive."""
+        if request is None or getattr(request, "app", None) is not self.app:
+            return
+        try:
+            self.metrics.record_received(request.task_name, request.request_dict or {})
+        except Exception:  # metrics never break message handling
+            logger.debug("receive lag not recorded", exc_info=True)
 
     @classmethod
     def of(cls, app: Celery) -> Reliable:
@@ -58,6 +93,14 @@ class Reliable:
                 "where the app is created"
             )
         return reliable  # type: ignore[no-any-return]
+
+    @classmethod
+    def named(cls, name: str) -> Reliable:
+        """The extension of the app called ``name`` in this process."""
+        reliable = _BY_NAME.get(name)
+        if reliable is None:
+            raise ConfigurationError(f"no app named {name!r} with a celery_reliable extension")
+        return reliable
 
     @cached_property
     def settings(self) -> Settings:
@@ -94,7 +137,95 @@ class Reliable:
     @cached_property
     def relay(self) -> Relay:
         """Publishes committed outbox rows; run by ``celery -A app reliable relay``."""
-        return Relay(self.app, OutboxRows(self.database, self.tables), self.settings, self.tables)
+        metrics, heartbeat = self.metrics, self.health.relay_heartbeat
+
+        def batch(claimed: int, sent: int, seconds: float) -> None:
+            metrics.outbox_batch_size.record(claimed)
+            metrics.outbox_duration.record(seconds)
+            metrics.outbox_processed.add(sent, {"status": "sent"})
+            if claimed > sent:
+                metrics.outbox_processed.add(claimed - sent, {"status": "failed"})
+
+        hooks = RelayHooks(
+            batch=batch,
+            poisoned=lambda: metrics.outbox_poisoned.add(1),
+            cycle=heartbeat.beat,
+            stopped=heartbeat.clear,
+            lock=(
+                (lambda: self.locks.lock(self.maintenance.lock_name("relay"), ttl=LOCK_TTL))
+                if self.settings.relay_single
+                else None
+            ),
+        )
+        return Relay(
+            self.app, OutboxRows(self.database, self.tables), self.settings, self.tables, hooks
+        )
+
+    @cached_property
+    def dead_letters(self) -> DeadLetters:
+        """``reliable.dead_letters``: query, replay and purge dead-lettered messages."""
+        return DeadLetters(self)
+
+    @cached_property
+    def breakers(self) -> Breakers:
+        """``reliable.breakers``: circuit breakers, shared through ``reliable_redis_url``."""
+        from .breakers import Breakers
+
+        breakers = Breakers(self.settings.redis_url, namespace=self.settings.table_prefix)
+        transitions = self.metrics.breaker_transitions
+        breakers.add_listener(
+            lambda name, old, new: transitions.add(1, {"name": name, "from": old, "to": new})
+        )
+        return breakers
+
+    @cached_property
+    def admin(self) -> Admin:
+        """Outbox and inbox stats, poisoned rows, manual retries (the CLI's backend)."""
+        return Admin(self)
+
+    @cached_property
+    def metrics(self) -> Metrics:
+        """OpenTelemetry instruments (meter ``celery_reliable``; no-ops without an SDK)."""
+        return Metrics(self)
+
+    @cached_property
+    def health(self) -> Health:
+        """Readiness and liveness checks (``celery reliable health``)."""
+        return Health(self)
+
+    @cached_property
+    def maintenance(self) -> Maintenance:
+        """Retention cleanup and stuck recovery (beat runs them; so does the CLI)."""
+        return Maintenance(self)
+
+    @cached_property
+    def locks(self) -> LockProvider:
+        """Distributed locks for maintenance jobs (``reliable_lock_provider``)."""
+        from .locks import build_lock_provider
+
+        provider = build_lock_provider(self.settings, self.database)
+        counters = {
+            "acquisition_failure": self.metrics.lock_failures,
+            "lost": self.metrics.locks_lost,
+        }
+        provider.add_listener(lambda event, name: counters[event].add(1, {"lock": name}))
+        return provider
+
+    @cached_property
+    def classifier(self) -> Classifier:
+        """Transient and poison exceptions declared globally (settings) plus the built-ins."""
+        settings = self.settings
+        return Classifier(settings.transient_exceptions, settings.poison_exceptions)
+
+    def add_poison_detector(self, detector: Any) -> PoisonDetector:
+        """Consult ``detector`` (a callable or a detector object) for every ReliableTask.
+
+        It gets a :class:`celery_reliable.poison.FailureContext` and returns a
+        :class:`celery_reliable.poison.Verdict` (dead-letter the message) or None.
+        """
+        found = as_detector(detector)
+        self.poison_detectors.append(found)
+        return found
 
     def create_schema(self) -> None:
         """Apply the shipped migrations (same as ``celery -A app reliable db upgrade``)."""
@@ -109,7 +240,9 @@ class Reliable:
         if self._checked:
             return
         _ = self.inbox
+        _ = self.classifier
         self._check_handler_keys()
+        self._check_task_options()
         self._checked = True
 
     def check_schema(self) -> None:
@@ -145,6 +278,13 @@ class Reliable:
                         f"handler key {key!r} is claimed by both {other!r} and {task.name!r}; "
                         "give each task its own handler_key"
                     )
+
+    def _check_task_options(self) -> None:
+        from .task import ReliableTask
+
+        for task in list(self.app.tasks.values()):
+            if isinstance(task, ReliableTask):
+                task.check_options()
 
     def __repr__(self) -> str:
         return f"<Reliable app={self.app.main!r}>"
@@ -197,6 +337,49 @@ class _RelayInWorker(bootsteps.StartStopStep):  # type: ignore[misc]
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
+
+
+class _ReleaseOnColdShutdown(bootsteps.StartStopStep):  # type: ignore[misc]
+    """On a cold shutdown, hand back the claims of the runs it kills, uncounted.
+
+    A warm shutdown lets running tasks finish: nothing to do. A cold one (SIGQUIT, a second
+    Ctrl-C) cancels the unacknowledged runs through ``Consumer.cancel_active_requests``:
+    their messages go back to the broker (``acks_late``), and without this each killed run
+    would count as an attempt, as if the message had failed. The release bumps each
+    claim's version, so a run that still finishes meanwhile cannot commit: its redelivery
+    does the work, once. This step wraps that one consumer method, in the main process.
+    """
+
+    label = "celery_reliable release on cold shutdown"
+
+    def start(self, consumer: Any) -> None:
+        cancel = consumer.cancel_active_requests
+
+        def release_then_cancel() -> None:
+            _release_interrupted(consumer.app)
+            cancel()
+
+        consumer.cancel_active_requests = release_then_cancel
+
+
+def _release_interrupted(app: Celery) -> None:
+    from celery.worker import state
+
+    from .message import message_id_from
+    from .task import ReliableTask
+
+    reliable = Reliable.of(app)
+    for request in list(state.active_requests):
+        task = app.tasks.get(request.task_name)
+        if not isinstance(task, ReliableTask) or request.acknowledged or not request.worker_pid:
+            continue
+        message_id = message_id_from(request.id, request.request_dict)
+        owner = f"{request.hostname}:{request.worker_pid}"
+        try:
+            if reliable.store.release_interrupted(message_id, handler_keys_of(task)[0], owner):
+                logger.warning("message %s interrupted by shutdown: not counted", message_id)
+        except Exception:  # the store may be what is going away; redelivery still works
+            logger.warning("could not release %s at shutdown", message_id, exc_info=True)
 
 
 class _CheckAtStartup(bootsteps.StartStopStep):  # type: ignore[misc]

@@ -34,6 +34,7 @@ class Outcome(enum.Enum):
     DUPLICATE = "duplicate"  # completed before (under this or a legacy key): do not run
     IN_FLIGHT = "in_flight"  # a live delivery holds the claim: come back later
     POISONED = "poisoned"  # quarantined: never run
+    EXHAUSTED = "exhausted"  # used up reliable_max_attempts: this delivery dead-letters it
 
 
 class Action(enum.Enum):
@@ -175,13 +176,10 @@ class Inbox:
                 Outcome.IN_FLIGHT, message_id, handler_key, row.attempts, retry_in=retry_in
             )
         if action is Action.POISON:
-            error = f"quarantined after {row.attempts} attempts (reliable_max_attempts)"
-            if self.store.finish(
-                message_id, handler_key, row.version, Status.POISONED, now, error=error
-            ):
-                logger.error("message %s (%s) poisoned: %s", message_id, handler_key, error)
-                return Claim(Outcome.POISONED, message_id, handler_key, row.attempts)
-            return None
+            # The caller quarantines it (fenced by this version) together with its dead letter.
+            return Claim(
+                Outcome.EXHAUSTED, message_id, handler_key, row.attempts, version=row.version
+            )
         if self.store.take_over(message_id, handler_key, row.version, now, owner):
             return Claim(
                 Outcome.RUN, message_id, handler_key, row.attempts + 1, version=row.version + 1
@@ -215,6 +213,19 @@ class Inbox:
         return self.store.finish(
             claim.message_id, claim.handler_key, claim.version, Status.FAILED, utcnow(), error=error
         )
+
+    def quarantine(self, claim: Claim, error: str, *, connection: Any = None) -> None:
+        """Mark the claim poisoned (never run again); LostOwnership if it was taken over."""
+        if not self.store.finish(
+            claim.message_id,
+            claim.handler_key,
+            claim.version,
+            Status.POISONED,
+            utcnow(),
+            error=error,
+            connection=connection,
+        ):
+            raise LostOwnership()
 
     def save_result(self, claim: Claim, result: Any) -> None:
         """Attach a return value computed after the completion mark was committed."""

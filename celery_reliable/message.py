@@ -14,6 +14,12 @@ from .exceptions import InvalidMessageId
 from .store.tables import KEY_LENGTH
 
 MESSAGE_ID_HEADER = "reliable_message_id"
+#: Set on a copy a delivery re-published: the claim version its run abandoned.
+RESUMES_HEADER = "reliable_resumes_version"
+#: How many times a message was deferred (waiting for a live delivery or the store).
+DEFERRALS_HEADER = "reliable_deferrals"
+#: When the message was published, or is due (epoch seconds): the lag metrics start here.
+SENT_AT_HEADER = "reliable_sent_at"
 
 
 def validate_message_id(value: object, *, source: str = "message id") -> str:

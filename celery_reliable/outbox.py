@@ -23,9 +23,14 @@ from sqlalchemy.orm import Session
 
 from .exceptions import EnqueueError, InvalidMessageId
 from .inbox import utcnow
-from .message import MESSAGE_ID_HEADER, validate_message_id
+from .message import MESSAGE_ID_HEADER, SENT_AT_HEADER, validate_message_id
 from .settings import Settings
 from .store.tables import Tables
+
+try:
+    from opentelemetry import propagate
+except ImportError:  # pragma: no cover - the otel extra is optional
+    propagate = None  # type: ignore[assignment]
 
 #: Serializers that can run code when a message is read.
 UNSAFE_SERIALIZERS = frozenset({"pickle", "yaml"})
@@ -127,6 +132,8 @@ class Outbox:
         properties = {**message.properties, "delivery_mode": delivery_mode}
         if options.get("priority") is not None:
             properties["priority"] = options["priority"]
+        headers.setdefault(SENT_AT_HEADER, now.timestamp())
+        inject_trace_context(headers)
         try:
             encoded_headers = kombu_json.dumps({**message.headers, **headers})  # type: ignore[no-untyped-call]
         except TypeError as exc:
@@ -169,6 +176,17 @@ class Outbox:
             routing_key = routing_key or queue.routing_key
         delivery_mode = int(getattr(queue.exchange, "delivery_mode", None) or 2)
         return queue.name, exchange_name or "", routing_key or "", delivery_mode
+
+
+def inject_trace_context(headers: dict[str, Any]) -> None:
+    """Carry the caller's trace (W3C ``traceparent``) in the stored headers.
+
+    The message is published later by the relay, outside the caller's span; with the
+    context in its headers, Celery's OpenTelemetry instrumentation continues the web
+    request's trace in the task. Without opentelemetry this does nothing.
+    """
+    if propagate is not None:
+        propagate.inject(headers)
 
 
 def _due(now: datetime, countdown: float | None, eta: datetime | None) -> datetime:

@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +26,9 @@ from kombu.messaging import Producer
 from kombu.utils import json as kombu_json
 
 from .brokers import BROKER_UNCERTAIN, BatchPublisher, ImmediatePublisher, publisher_for
+from .exceptions import LockLost
 from .inbox import utcnow
+from .locks import Lock
 from .settings import Settings
 from .store.outbox_rows import OutboxRows
 from .store.tables import Tables
@@ -35,35 +39,83 @@ logger = logging.getLogger(__name__)
 _MAX_BACKOFF = timedelta(minutes=10)
 
 
+class _ChannelClosedByMessage(Exception):
+    """The broker closed the channel over one message, which has been charged for it."""
+
+
 def backoff(attempts: int) -> timedelta:
     """Exponential backoff with full jitter: up to 1 s, 2 s, 4 s, ... at most 10 minutes."""
     ceiling = min(_MAX_BACKOFF.total_seconds(), 2.0 ** max(attempts - 1, 0))
     return timedelta(seconds=random.uniform(ceiling / 2, ceiling))
 
 
+def _nothing(*args: Any) -> None:
+    pass
+
+
+@dataclass
+class RelayHooks:
+    """What the relay tells the rest of the system: metrics, the health heartbeat, a lock.
+
+    ``lock``, when set, makes this a single-relay deployment (``reliable_relay_single``):
+    the relay publishes only while it holds that lock; the others stay idle, and healthy.
+    """
+
+    batch: Callable[[int, int, float], None] = _nothing  # claimed, sent, seconds
+    poisoned: Callable[[], None] = _nothing
+    cycle: Callable[[], None] = _nothing  # a loop of run() ended, busy or idle
+    stopped: Callable[[], None] = _nothing
+    lock: Callable[[], Lock] | None = None
+
+
 class Relay:
     """Publishes due outbox rows in batches; several relays may run at once."""
 
-    def __init__(self, app: Celery, rows: OutboxRows, settings: Settings, tables: Tables) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        rows: OutboxRows,
+        settings: Settings,
+        tables: Tables,
+        hooks: RelayHooks | None = None,
+    ) -> None:
         self.app = app
         self.rows = rows
         self.settings = settings
         self.tables = tables
+        self.hooks = hooks or RelayHooks()
         self._connection: Any = None  # kept across batches; rebuilt after a failure
         self._publisher: BatchPublisher = ImmediatePublisher()
 
     def run_batch(self) -> int:
         """Claim, publish and mark one batch; return how many rows were confirmed sent."""
+        return self._batch()[1]
+
+    def _batch(self) -> tuple[int, int]:
+        """One batch: (rows claimed, rows confirmed sent)."""
+        started = time.monotonic()
+        claimed, sent = self._publish_claimed()
+        if claimed:
+            self.hooks.batch(claimed, sent, time.monotonic() - started)
+        return claimed, sent
+
+    def _publish_claimed(self) -> tuple[int, int]:
         now = utcnow()
         token = uuid.uuid4().hex
         claimed = self.rows.claim(
             self.settings.relay_batch_size, now, token, now - self.settings.stuck_threshold
         )
         if not claimed:
-            return 0
+            return 0, 0
         sent: list[int] = []
         try:
             self._publish_batch(claimed, token, sent)
+        except _ChannelClosedByMessage:
+            # That message was charged; the others published on the lost channel are
+            # unconfirmed, so they go back and are published again (the inbox dedups).
+            self._drop_broker()
+            self.rows.release([r.id for r in claimed], token)
+            return len(claimed), 0
         except Exception as exc:
             # The broker went away mid-batch: keep what it confirmed, hand the rest back.
             logger.warning("relay lost the broker after %d of %d: %s", len(sent), len(claimed), exc)
@@ -76,7 +128,7 @@ class Relay:
             logger.warning(
                 "relay batch %s lost %d rows to another relay", token, len(sent) - marked
             )
-        return marked
+        return len(claimed), marked
 
     def _publish_batch(self, claimed: Sequence[Any], token: str, sent: list[int]) -> None:
         """Publish each row and wait for the broker's confirmations once for the batch.
@@ -85,25 +137,41 @@ class Relay:
         """
         connection, publisher = self._broker()
         producer = Producer(connection.default_channel)  # type: ignore[no-untyped-call]
-        declared: set[str] = set()
+        declared: set[str] = set()  # queues declared in this batch
+        checked: set[str] = set()  # exchanges known to exist (Celery names them like queues)
         with publisher.batch(producer, len(claimed)):
             for row in claimed:
                 try:
-                    self._publish(producer, row, declared)
-                except connection.connection_errors + connection.channel_errors + BROKER_UNCERTAIN:
+                    if row.exchange and row.exchange not in checked:
+                        publisher.check_exchange(producer.channel, row.exchange)
+                        checked.add(row.exchange)
+                    self._publish(producer, row, declared, publisher.mandatory)
+                except connection.connection_errors + BROKER_UNCERTAIN:
                     raise  # the broker's trouble, not this message's: the batch is handed back
+                except connection.channel_errors as exc:
+                    # The broker closed the channel over this message (an exchange that does
+                    # not exist, ...): charge it, and end the batch, whose channel is gone.
+                    self._failed(row.id, row.attempts, token, f"{type(exc).__name__}: {exc}")
+                    raise _ChannelClosedByMessage() from exc
                 except Exception as exc:  # this message, not the broker
                     self._failed(row.id, row.attempts, token, f"{type(exc).__name__}: {exc}")
                 else:
-                    publisher.published(row.id)
+                    publisher.published(row.id, row.task_id)
         acked, nacked = publisher.confirmed()
         sent.extend(acked)
         attempts = {row.id: row.attempts for row in claimed}
         for row_id in nacked:
-            self._failed(row_id, attempts[row_id], token, "the broker refused it (nack)")
+            self._failed(
+                row_id,
+                attempts[row_id],
+                token,
+                "the broker did not take it (nack, or returned as unroutable)",
+            )
 
     def _failed(self, row_id: int, attempts: int, token: str, error: str) -> None:
         logger.warning("outbox row %s failed to publish: %s", row_id, error)
+        if attempts + 1 >= self.settings.outbox_max_attempts:
+            self.hooks.poisoned()
         self.rows.mark_failed(
             row_id,
             token,
@@ -112,23 +180,36 @@ class Relay:
             self.settings.outbox_max_attempts,
         )
 
-    def drain(self) -> int:
-        """Publish batches until nothing is due; return how many were sent."""
+    def drain(self, progress: Callable[[int], None] | None = None) -> int:
+        """Publish batches until nothing is due; return how many were sent.
+
+        ``progress`` is called with the rows each batch claimed (a progress bar's update).
+        """
         total = 0
-        while sent := self.run_batch():
+        while True:
+            claimed, sent = self._batch()
+            if not claimed:
+                return total
             total += sent
-        return total
+            if progress is not None:
+                progress(claimed)
 
     def run(self, stop: threading.Event) -> None:
         """Publish until ``stop`` is set; a batch under way is finished first.
 
         When idle it waits for the store's commit notifications (PostgreSQL) or polls.
+        In single-relay mode it publishes only while it holds the relay lock.
         """
         idle = self.settings.relay_idle_interval.total_seconds()
         wakeup = wakeup_for(self.rows.database, self.tables, stop)
+        lock = self.hooks.lock() if self.hooks.lock is not None else None
         broker_down = 0
         try:
             while not stop.is_set():
+                self.hooks.cycle()
+                if lock is not None and not self._holding(lock):
+                    stop.wait(idle)  # another relay publishes; this one stands by
+                    continue
                 try:
                     sent = self.run_batch()
                     broker_down = 0
@@ -139,8 +220,23 @@ class Relay:
                 if not sent:
                     wakeup.wait(idle)
         finally:
+            if lock is not None:
+                lock.release()
             wakeup.close()
             self.close()
+            self.hooks.stopped()
+
+    @staticmethod
+    def _holding(lock: Lock) -> bool:
+        """Still (or now) the single relay? A lost lock is let go and taken again later."""
+        if not lock.held:
+            return lock.acquire()
+        try:
+            lock.check()
+        except LockLost:
+            lock.release()
+            return False
+        return True
 
     def _broker(self) -> tuple[Any, BatchPublisher]:
         """The relay's broker connection and its publisher, kept across batches."""
@@ -163,7 +259,7 @@ class Relay:
         """Release the broker connection (the relay can be used again afterwards)."""
         self._drop_broker()
 
-    def _publish(self, producer: Producer, row: Any, declared: set[str]) -> None:
+    def _publish(self, producer: Producer, row: Any, declared: set[str], mandatory: bool) -> None:
         declare = []
         if row.queue and row.queue not in declared:  # as send_task does, once per batch
             declare = [self.app.amqp.queues[row.queue]]
@@ -177,5 +273,6 @@ class Relay:
             headers=kombu_json.loads(row.headers),  # type: ignore[no-untyped-call]
             declare=declare,
             retry=False,
+            mandatory=mandatory,
             **kombu_json.loads(row.properties),  # type: ignore[no-untyped-call]
         )

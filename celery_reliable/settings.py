@@ -65,6 +65,53 @@ def _mapping(value: Any) -> Mapping[str, Any]:
     return dict(value)
 
 
+def _optional_url(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or "://" not in value:
+        raise ValueError("must be a URL such as 'redis://127.0.0.1:6379/0', or None")
+    return value
+
+
+def _non_negative_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError("must be a whole number of at least 0")
+    return value
+
+
+def _dotted_names(value: Any) -> tuple[str, ...]:
+    """Exception classes or their dotted import paths; resolved when first used."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, type)) or not isinstance(value, (list, tuple, set, frozenset)):
+        raise ValueError("must be a list of exception classes or dotted paths")
+    names = []
+    for item in value:
+        if isinstance(item, type) and issubclass(item, BaseException):
+            names.append(f"{item.__module__}.{item.__qualname__}")
+        elif isinstance(item, str) and re.fullmatch(r"[A-Za-z_][\w.]*\.[A-Za-z_]\w*", item):
+            names.append(item)
+        else:
+            raise ValueError(f"{item!r} is neither an exception class nor a dotted path")
+    return tuple(names)
+
+
+def _lock_provider(value: Any) -> str:
+    if value not in ("auto", "redis", "postgresql", "file"):
+        raise ValueError("must be 'auto', 'redis', 'postgresql' or 'file'")
+    return str(value)
+
+
+def _optional_path(value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise ValueError("must be a directory path, or None")
+    return value
+
+
+def _optional_duration(value: Any) -> timedelta | None:
+    return None if value is None else parse_duration(value)
+
+
 def _setting(default: Any, parse: Parser, doc: str) -> Any:
     return field(default=default, metadata={"parse": parse, "doc": doc})
 
@@ -131,6 +178,12 @@ class Settings:
         "Run the relay inside every `celery worker` (a thread of its main process) instead of "
         "as `celery -A app reliable relay`. Several relays may run at once.",
     )
+    relay_single: bool = _setting(
+        False,
+        _boolean,
+        "Let only one relay publish at a time (the others stand by, under a distributed "
+        "lock): for brokers or keys where strict global order matters more than throughput.",
+    )
     relay_batch_size: int = _setting(
         500, _positive_int, "Outbox rows a relay claims and publishes per batch."
     )
@@ -138,6 +191,129 @@ class Settings:
         timedelta(seconds=1),
         parse_duration,
         "How long a relay with nothing to publish waits before looking again.",
+    )
+
+    redis_url: str | None = _setting(
+        None,
+        _optional_url,
+        "Redis URL for state shared by every worker: circuit breakers (and, later, locks). "
+        "Unset: each worker process keeps its own breaker state.",
+    )
+    retry_max_broker_delay: timedelta = _setting(
+        timedelta(seconds=60),
+        parse_duration,
+        "Retries due within this delay wait on the broker (Celery's countdown); longer ones "
+        "are held in the store and published by the relay when due, so no retry sits in a "
+        "Redis queue past its visibility timeout. Run a relay when retries can be longer.",
+    )
+    transient_exceptions: tuple[str, ...] = _setting(
+        None,
+        _dotted_names,
+        "Exceptions (classes or dotted paths) retried for every ReliableTask, in addition to "
+        "the built-in transient ones (connection errors, timeouts, serialization failures "
+        "and deadlocks, ...); retried up to `reliable_max_attempts` runs.",
+    )
+    poison_exceptions: tuple[str, ...] = _setting(
+        None,
+        _dotted_names,
+        "Exceptions (classes or dotted paths) that dead-letter a message at once, with reason "
+        "`PoisonMessage`, for every ReliableTask.",
+    )
+    alert_threshold: int = _setting(
+        10,
+        _non_negative_int,
+        "More dead letters than this within `reliable_alert_window` log at ERROR and send "
+        "the `celery_reliable.signals.dead_letter_alert` signal (0: on every dead letter).",
+    )
+    alert_window: timedelta = _setting(
+        timedelta(minutes=5), parse_duration, "The window `reliable_alert_threshold` counts in."
+    )
+
+    outbox_retention: timedelta | None = _setting(
+        timedelta(days=7),
+        _optional_duration,
+        "Sent outbox rows older than this are deleted by the cleanup job (None: kept). "
+        "Poisoned rows are never deleted automatically.",
+    )
+    inbox_retention: timedelta | None = _setting(
+        timedelta(days=30),
+        _optional_duration,
+        "Completed inbox marks older than this are deleted by the cleanup job (None: kept). "
+        "A duplicate arriving after that runs again: keep it longer than any redelivery, "
+        "replay or producer retry can take. Poisoned marks are never deleted automatically.",
+    )
+    dead_letter_retention: timedelta | None = _setting(
+        timedelta(days=30),
+        _optional_duration,
+        "Dead letters older than this are deleted by the cleanup job (None: kept until "
+        "`dlq purge`).",
+    )
+    outbox_redeliver_unseen_after: timedelta | None = _setting(
+        None,
+        _optional_duration,
+        "Stuck recovery publishes an outbox message to a ReliableTask again when no inbox "
+        "has seen its message id this long after it was sent (the inbox absorbs the copy "
+        "if the first was only slow). This recovers messages a broker lost after accepting "
+        "them, such as kombu's Redis transport when a worker dies or its link drops mid "
+        "BRPOP. Keep it well above your longest queue wait. None: off.",
+    )
+    cleanup_batch_size: int = _setting(
+        10_000, _positive_int, "Rows the cleanup job deletes per transaction."
+    )
+    cleanup_interval: timedelta | None = _setting(
+        timedelta(hours=1),
+        _optional_duration,
+        "How often `celery beat` runs the retention cleanup (None: not scheduled).",
+    )
+    recovery_interval: timedelta | None = _setting(
+        timedelta(minutes=1),
+        _optional_duration,
+        "How often `celery beat` runs stuck-message recovery (None: not scheduled).",
+    )
+    maintenance_first_run_waits: bool = _setting(
+        False,
+        _boolean,
+        "Whether beat waits a full interval before a maintenance job's first run (False: "
+        "it runs as soon as beat starts).",
+    )
+    unhealthy_after: timedelta = _setting(
+        timedelta(minutes=2),
+        parse_duration,
+        "`reliable health` fails when this host's relay loop has not completed a cycle for "
+        "this long, or the outbox's oldest due row has waited this long.",
+    )
+    dead_letter_degraded_depth: int = _setting(
+        100,
+        _non_negative_int,
+        "`reliable health --ready` reports degraded (still healthy, with a warning) when more "
+        "dead letters than this wait for review (not replayed).",
+    )
+    health_directory: str | None = _setting(
+        None,
+        _optional_path,
+        "Where relays leave their heartbeat file for `reliable health` on the same host. "
+        "Unset: the system's temporary directory.",
+    )
+    lock_provider: str = _setting(
+        "auto",
+        _lock_provider,
+        "Where maintenance jobs take their distributed locks: `redis` (a lease renewed while "
+        "the job runs; needs `reliable_redis_url`), `postgresql` (advisory locks on the "
+        "store), `file` (one host only). `auto`: redis when `reliable_redis_url` is set, "
+        "else postgresql when the store is PostgreSQL, else file.",
+    )
+    lock_namespace: str | None = _setting(
+        None,
+        _optional_path,
+        "First part of every lock name (`<namespace>:<job>`). Unset: `<app name>:<table "
+        "prefix>`, so two apps or two stores never block each other. Set it to share locks "
+        "between apps that must not run a job at the same time.",
+    )
+    lock_directory: str | None = _setting(
+        None,
+        _optional_path,
+        "Directory of the `file` lock provider's lock files. Unset: a `celery-reliable-locks` "
+        "directory in the system's temporary directory.",
     )
 
     @classmethod

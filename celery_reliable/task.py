@@ -8,7 +8,9 @@ body end the task without touching what another delivery owns:
 - a deferred copy (same message id, published with a delay), when a live delivery holds
   the claim or the store is unreachable: this copy may be the only one left, so it is
   never dropped;
-- ``MessagePoisoned``, when the message used up ``reliable_max_attempts``.
+- the failure lifecycle (``celery_reliable.lifecycle``) when the body raised, an open
+  circuit breaker holds the message back, or the message is poison: a retry (state
+  ``RETRY``) or a dead letter (state ``DEAD_LETTERED``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,34 +26,33 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from celery import Task
-from celery.backends.base import DisabledBackend
-from celery.exceptions import Ignore, Reject
+from celery.exceptions import Ignore, Retry
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from .classify import resolve
+from .dead_letters import DeadLetterReason
 from .exceptions import (
+    ConfigurationError,
     LostOwnership,
-    MessagePoisoned,
-    ReliableError,
     StoreUnavailable,
     TransactionMisuse,
 )
 from .extension import Reliable, handler_keys_of
 from .inbox import Claim, Inbox, Outcome
-from .message import MESSAGE_ID_HEADER, message_id_from, validate_message_id
+from .lifecycle import Delivery
+from .message import (
+    MESSAGE_ID_HEADER,
+    RESUMES_HEADER,
+    SENT_AT_HEADER,
+    message_id_from,
+    validate_message_id,
+)
+from .poison import PoisonDetector, TimespanDetector
+from .retry import RetryPolicy
 from .states import DUPLICATE
 
 logger = logging.getLogger(__name__)
-
-#: Header of a re-published copy: the claim version its run abandoned, and how many times.
-RESUMES_HEADER = "reliable_resumes_version"
-DEFERRALS_HEADER = "reliable_deferrals"
-_MAX_DEFER_DELAY = 60.0
-
-
-def _count(value: object) -> int:
-    """A non-negative count from a header a sender could have set to anything."""
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
 @dataclass
@@ -66,19 +68,59 @@ class ReliableTask(Task):  # type: ignore[misc]
     """A Celery task that runs once per message and commits its writes with that fact.
 
     Options (as ``@app.task`` keywords): ``handler_key`` (inbox identity, default the task
-    name), ``legacy_handler_keys`` (old keys that still count as already done).
+    name), ``legacy_handler_keys`` (old keys that still count as already done),
+    ``retry_policy`` (a name in ``reliable.retry_policies`` or a RetryPolicy),
+    ``circuit_breaker`` (a name configured with ``reliable.breakers.configure``),
+    ``max_age`` and ``max_processing_time`` (timedeltas: poison when exceeded),
+    ``transient_exceptions`` and ``poison_exceptions`` (classes or dotted paths).
     """
 
     acks_late = True
     reject_on_worker_lost = True
     handler_key: str | None = None
     legacy_handler_keys: tuple[str, ...] = ()
+    retry_policy: str | RetryPolicy | None = None
+    circuit_breaker: str | None = None
+    max_age: timedelta | None = None
+    max_processing_time: timedelta | None = None
+    transient_exceptions: tuple[type[BaseException] | str, ...] = ()
+    poison_exceptions: tuple[type[BaseException] | str, ...] = ()
+
+    def resolved_transient_exceptions(self) -> tuple[type[BaseException], ...]:
+        return resolve(self.transient_exceptions, f"task {self.name!r}: transient_exceptions")
+
+    def resolved_poison_exceptions(self) -> tuple[type[BaseException], ...]:
+        return resolve(self.poison_exceptions, f"task {self.name!r}: poison_exceptions")
+
+    def own_detectors(self) -> list[PoisonDetector]:
+        """The detectors this task's options ask for (``max_age``, ``max_processing_time``)."""
+        if self.max_age is None and self.max_processing_time is None:
+            return []
+        return [TimespanDetector(self.max_age, self.max_processing_time)]
+
+    def check_options(self) -> None:
+        """Raise ConfigurationError naming this task when one of its options is invalid."""
+        reliable = Reliable.of(self.app)
+        reliable.retry_policies.resolve(self.retry_policy)
+        self.resolved_transient_exceptions()
+        self.resolved_poison_exceptions()
+        try:
+            self.own_detectors()
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"task {self.name!r}: {exc}") from None
+        if self.circuit_breaker is not None and self.circuit_breaker not in reliable.breakers:
+            raise ConfigurationError(
+                f"task {self.name!r}: circuit breaker {self.circuit_breaker!r} is not "
+                f"configured; call reliable.breakers.configure({self.circuit_breaker!r}, ...)"
+            )
 
     def apply_async(self, args: Any = None, kwargs: Any = None, *a: Any, **options: Any) -> Any:
         """Publish, refusing a bad ``reliable_message_id`` header before anything is sent."""
         headers = options.get("headers") or {}
         if MESSAGE_ID_HEADER in headers:
             validate_message_id(headers[MESSAGE_ID_HEADER], source=f"header {MESSAGE_ID_HEADER!r}")
+        if SENT_AT_HEADER not in headers:  # where the lag metrics start
+            options["headers"] = {**headers, SENT_AT_HEADER: time.time()}
         return super().apply_async(args, kwargs, *a, **options)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -124,10 +166,37 @@ class ReliableTask(Task):  # type: ignore[misc]
     def _run_reliably(self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         reliable = Reliable.of(self.app)
         reliable.check()
+        headers = request.headers or {}
+        run = Delivery(self, request, args, kwargs, message_id_from(request.id, headers))
+        started = time.monotonic()
+        reliable.metrics.record_start(self, headers)
+        try:
+            result = self._pipeline(reliable, run, request, args, kwargs)
+            run.outcome = "completed"
+            return result
+        finally:
+            reliable.metrics.record_delivery(self, run.outcome, time.monotonic() - started)
+
+    def _pipeline(
+        self,
+        reliable: Reliable,
+        run: Delivery,
+        request: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
         inbox = reliable.inbox
         headers = request.headers or {}
         keys = handler_keys_of(self)
-        message_id = message_id_from(request.id, headers)
+        message_id = run.message_id
+        admission = None
+        if self.circuit_breaker is not None:
+            admission = reliable.breakers.admit(self.circuit_breaker)
+            if not admission.allowed and reliable.breakers.on_open(self.circuit_breaker) == "delay":
+                # Not claimed, so no attempt is spent: the message only waits.
+                run.retry_later(
+                    admission.retry_after, reason=f"circuit breaker {self.circuit_breaker!r} open"
+                )
         try:
             claim = inbox.claim(
                 message_id,
@@ -139,82 +208,70 @@ class ReliableTask(Task):  # type: ignore[misc]
                 resumes_version=headers.get(RESUMES_HEADER),
             )
         except DBAPIError as exc:
-            self._defer(request, None, reason=f"store unavailable while claiming: {exc}")
+            run.defer(None, reason=f"store unavailable while claiming: {exc}")
         if claim.outcome is Outcome.DUPLICATE:
-            self._finish_duplicate(request, inbox, claim)
+            self._finish_duplicate(run, inbox, claim)
         if claim.outcome is Outcome.IN_FLIGHT:
-            self._defer(request, None, reason="in flight elsewhere", delay=claim.retry_in)
+            run.defer(None, reason="in flight elsewhere", delay=claim.retry_in)
         if claim.outcome is Outcome.POISONED:
-            raise MessagePoisoned(
-                f"message {message_id!r} ({keys[0]}) is quarantined as poisoned after "
-                f"{claim.attempts} attempts; it will not run again"
+            run.end_quarantined(claim)
+        run.claim = claim
+        if claim.outcome is Outcome.EXHAUSTED:
+            reliable.metrics.inbox_poisoned.add(1, {"task": self.name})
+            run.dead_letter(
+                DeadLetterReason.POISON_MESSAGE,
+                detail=f"used up reliable_max_attempts ({claim.attempts} runs): it keeps "
+                "failing or killing its worker",
+                detector="max-attempts",
             )
-        run = _Run(claim)
-        request.reliable_run = run
+        if admission is not None and not admission.allowed:  # on_open="dead_letter"
+            run.dead_letter(
+                DeadLetterReason.CIRCUIT_BREAKER_OPEN,
+                detail=f"circuit breaker {self.circuit_breaker!r} is open",
+                detector="circuit-breaker",
+            )
+        if claim.attempts > 1:
+            run.judge_before_running()
+        state = _Run(claim)
+        request.reliable_run = state
         try:
             result = self.run(*args, **kwargs)
-            if run.completed:
+            if state.completed:
                 inbox.save_result(claim, result)
             else:
                 inbox.complete(claim, result)
         except LostOwnership:
             logger.warning("message %s (%s): another delivery took it over", message_id, keys[0])
+            run.outcome = "lost"
             raise Ignore() from None
         except (StoreUnavailable, OperationalError, InterfaceError) as exc:
-            if run.completed:
+            if state.completed:
                 raise  # the effects are committed; only the result was not saved
-            self._record_failure(inbox, claim, exc)
-            self._defer(request, claim.version, reason=str(exc))
-        except Exception as exc:
-            if not run.completed:
-                self._record_failure(inbox, claim, exc)
+            run.record_failure(exc)
+            run.defer(claim.version, reason=str(exc))
+        except (Retry, Ignore) as exc:  # the body's own retry() or Ignore: its decision
+            if not state.completed:
+                run.record_failure(exc)
             raise
+        except Exception as exc:
+            if state.completed:
+                raise
+            if admission is not None:
+                reliable.breakers.record_failure(admission.name, exc, admission)
+            run.failed(exc)
+        if admission is not None:
+            reliable.breakers.record_success(admission.name, admission)
         return result
 
-    def _record_failure(self, inbox: Inbox, claim: Claim, exc: BaseException) -> None:
-        try:
-            inbox.fail(claim, f"{type(exc).__name__}: {exc}")
-        except Exception:  # never mask the task's own exception
-            logger.warning("could not record the failure of %s", claim.message_id, exc_info=True)
-
-    def _finish_duplicate(self, request: Any, inbox: Inbox, claim: Claim) -> NoReturn:
+    def _finish_duplicate(self, run: Delivery, inbox: Inbox, claim: Claim) -> NoReturn:
+        run.outcome = "duplicate"
         logger.info(
             "message %s (%s) already processed: skipped", claim.message_id, claim.handler_key
         )
-        if not request.ignore_result and not isinstance(self.backend, DisabledBackend):
-            self.update_state(request.id, DUPLICATE, inbox.decode_result(claim.result))
-        raise Ignore()
-
-    def _defer(
-        self,
-        request: Any,
-        abandoned_version: int | None,
-        *,
-        reason: str,
-        delay: timedelta | None = None,
-    ) -> NoReturn:
-        """Publish this message again later (same id), then end this delivery.
-
-        The copy is published before this delivery is acknowledged, so at every moment one
-        of them is on the broker. If publishing fails too, the delivery is requeued.
-        """
-        if request.is_eager:  # no broker to come back through: say why instead of recursing
-            raise ReliableError(f"message {request.id} cannot run now ({reason})")
-        headers = dict(request.headers or {})
-        deferrals = _count(headers.get(DEFERRALS_HEADER)) + 1
-        headers[DEFERRALS_HEADER] = deferrals
-        if abandoned_version is not None:
-            headers[RESUMES_HEADER] = abandoned_version
-        seconds = (
-            delay.total_seconds()
-            if delay is not None
-            else min(_MAX_DEFER_DELAY, 0.5 * 2 ** min(deferrals, 8))
+        run.announce(
+            DUPLICATE,
+            inbox.decode_result(claim.result),
+            message_id=claim.message_id,
+            handler_key=claim.handler_key,
         )
-        # Waiting for a live delivery is routine; losing the store is not.
-        level = logging.INFO if delay is not None else logging.WARNING
-        logger.log(level, "message %s deferred %.1fs: %s", request.id, seconds, reason)
-        try:
-            self.signature_from_request(request, countdown=seconds, headers=headers).apply_async()
-        except Exception as exc:
-            raise Reject(f"could not defer ({exc}); requeued", requeue=True) from exc
         raise Ignore()

@@ -9,6 +9,7 @@ from types import FrameType
 import click
 
 from .base import extension, reliable
+from .output import progress_bar
 
 
 @reliable.command()
@@ -19,7 +20,8 @@ def relay(ctx: click.Context, once: bool) -> None:
     ext = extension(ctx)
     if once:
         try:
-            sent = ext.relay.drain()
+            with progress_bar(ext.admin.outbox_stats().due, "relaying") as bar:
+                sent = ext.relay.drain(progress=bar.update)
         except Exception as exc:  # the rows were handed back; nothing is lost
             raise click.ClickException(f"relay failed, unsent rows kept: {exc}") from exc
         finally:

@@ -73,3 +73,14 @@ class InboxStore(Protocol):
 
     def save_result(self, message_id: str, handler_key: str, result: str) -> None:
         """Attach the return value to an already completed row."""
+
+    def lift_quarantine(
+        self, message_ids: Sequence[str], handler_key: str | None, *, connection: Any
+    ) -> int:
+        """Let poisoned pairs run again (attempts 0, new version) in the caller's transaction."""
+
+    def release_interrupted(self, message_id: str, handler_key: str, owner: str) -> bool:
+        """Hand back a claim whose run a shutdown interrupted, uncounting its attempt."""
+
+    def first_seen_at(self, message_id: str) -> datetime | None:
+        """When the message was first claimed under any handler key."""

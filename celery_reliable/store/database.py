@@ -102,7 +102,21 @@ class Database:
             raise ConfigurationError(f"setting 'reliable_engine_options': {exc}") from exc
         if self.dialect == "sqlite":
             _make_sqlite_safe(engine)
+        event.listen(engine, "handle_error", self._on_error)
         return engine
+
+    def _on_error(self, context: Any) -> None:
+        """A dropped connection on one engine means the others' pooled ones are dead too.
+
+        SQLAlchemy recycles the pool of the engine that saw the disconnect; the store's
+        other engines would each fail once more on their next checkout (a deferred message
+        per engine per outage). Recycle them all at once instead.
+        """
+        if not context.is_disconnect:
+            return
+        for engine in self._engines():
+            if engine is not context.engine:
+                engine.dispose()
 
 
 def _make_sqlite_safe(engine: Engine) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Insert, bindparam, insert, select, update
+from sqlalchemy import Connection, Insert, bindparam, case, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from .base import Status, StatusRow
@@ -194,6 +194,46 @@ class SqlStore:
         params = {"b_message_id": message_id, "b_handler_key": handler_key, "b_result": result}
         with self.database.autocommit.begin() as conn:
             conn.execute(self._save_result, params)
+
+    def lift_quarantine(
+        self, message_ids: Sequence[str], handler_key: str | None, *, connection: Connection
+    ) -> int:
+        """Let poisoned pairs run again (attempts 0, new version); how many changed."""
+        status = self.tables.inbox_status
+        statement = (
+            update(status)
+            .where(status.c.message_id.in_(message_ids))
+            .where(status.c.status == Status.POISONED.value)
+            .values(status=Status.FAILED.value, attempts=0, version=status.c.version + 1)
+        )
+        if handler_key is not None:
+            statement = statement.where(status.c.handler_key == handler_key)
+        return int(connection.execute(statement).rowcount)
+
+    def release_interrupted(self, message_id: str, handler_key: str, owner: str) -> bool:
+        status = self.tables.inbox_status
+        statement = (
+            update(status)
+            .where(status.c.message_id == message_id)
+            .where(status.c.handler_key == handler_key)
+            .where(status.c.status == Status.PROCESSING.value)
+            .where(status.c.owner == owner)
+            .values(
+                status=Status.FAILED.value,
+                attempts=case((status.c.attempts > 0, status.c.attempts - 1), else_=0),
+                version=status.c.version + 1,
+                last_error="interrupted by a worker shutdown (not counted)",
+            )
+        )
+        with self.database.autocommit.begin() as conn:
+            return conn.execute(statement).rowcount == 1
+
+    def first_seen_at(self, message_id: str) -> datetime | None:
+        message = self.tables.inbox_message
+        query = select(message.c.first_seen_at).where(message.c.message_id == message_id)
+        with self.database.autocommit.connect() as conn:
+            value: datetime | None = conn.scalar(query)
+        return value
 
 
 def _status_row(row: Any) -> StatusRow:

@@ -76,6 +76,7 @@ class Tables:
     inbox_message: Table
     inbox_status: Table
     outbox: Table
+    dead_letter: Table
 
     @property
     def version_table(self) -> str:
@@ -139,4 +140,38 @@ def build_tables(prefix: str) -> Tables:
         Index(f"{prefix}outbox_due", "status", "available_at", "id"),
         Index(f"{prefix}outbox_ordering", "ordering_key", "status", "id"),
     )
-    return Tables(prefix, metadata, inbox_message, inbox_status, outbox)
+    dead_letter = Table(
+        f"{prefix}dead_letter",
+        metadata,
+        Column("id", RowId, primary_key=True, autoincrement=True),
+        Column("message_id", Key, nullable=False),
+        Column("task_id", String(KEY_LENGTH)),
+        Column("task_name", String(KEY_LENGTH)),  # None when the message named no task
+        Column("handler_key", Key),  # None when it never reached a task
+        # JSON, after the redaction hook; None when the body could not be decoded
+        Column("args", LongText),
+        Column("kwargs", LongText),
+        Column("headers", LongText, nullable=False),
+        Column("delivery_info", LongText, nullable=False),
+        # The undecoded body, kept when args/kwargs could not be read (or were not JSON).
+        Column("raw_body", LongBinary),
+        Column("content_type", String(128)),
+        Column("content_encoding", String(64)),
+        Column("reason", String(64), nullable=False),  # a DeadLetterReason value
+        Column("detector", String(KEY_LENGTH)),  # the poison detector that decided, if any
+        Column("exception_type", String(KEY_LENGTH)),
+        Column("exception_message", LongText),
+        Column("traceback", LongText),
+        # exception type + first frame in application code: failures with one root cause
+        Column("failure_group", String(KEY_LENGTH)),
+        Column("attempts", Integer, nullable=False),
+        Column("first_seen_at", UTCDateTime()),
+        Column("dead_lettered_at", UTCDateTime(), nullable=False),
+        Column("hostname", String(KEY_LENGTH)),
+        Column("replay_count", Integer, nullable=False),
+        Column("replayed_at", UTCDateTime()),
+        Index(f"{prefix}dead_letter_time", "dead_lettered_at"),
+        Index(f"{prefix}dead_letter_reason", "reason", "dead_lettered_at"),
+        Index(f"{prefix}dead_letter_task", "task_name", "dead_lettered_at"),
+    )
+    return Tables(prefix, metadata, inbox_message, inbox_status, outbox, dead_letter)

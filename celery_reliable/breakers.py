@@ -1,0 +1,279 @@
+"""Circuit breakers, shared by every worker through Redis, with one probe per cluster.
+
+pybreaker keeps the state machine (closed → open → half-open) and, with
+``reliable_redis_url``, stores it in Redis (``CircuitRedisStorage``), so a breaker opened
+by one worker is open for all. pybreaker's ``call()`` wraps a function, but a task run is
+not a function call here: the pipeline must decide *before* claiming the message (an open
+breaker spends no attempt) and report *after* the body. So :meth:`Breakers.admit` reads the
+state and :meth:`record_success` / :meth:`record_failure` drive pybreaker's own
+``open()``, ``half_open()``, ``close()`` and counters.
+
+pybreaker lets every process probe a half-open breaker at once. Here a probe first takes a
+lock (``SET NX PX`` in Redis, a timestamp in memory) that expires after ``probe_timeout``:
+exactly one run in the cluster probes; the others wait, and a prober that died frees the
+lock when it expires.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pybreaker
+
+from .durations import parse_seconds
+from .exceptions import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+ON_OPEN = ("delay", "dead_letter")
+_MIN_WAIT = 0.5
+
+
+@dataclass(frozen=True)
+class Admission:
+    """Whether a run may go ahead, and if it is the cluster's half-open probe."""
+
+    name: str
+    allowed: bool
+    probe: bool = False
+    retry_after: float = 0.0  # seconds until the breaker may half-open (when not allowed)
+
+
+@dataclass(frozen=True)
+class _Config:
+    failure_threshold: int
+    reset_timeout: float
+    exclude: tuple[type[BaseException], ...]
+    on_open: str
+    probe_timeout: float
+
+
+class _Transitions(pybreaker.CircuitBreakerListener):
+    def __init__(self, breakers: Breakers) -> None:
+        self.breakers = breakers
+
+    def state_change(self, cb: Any, old_state: Any, new_state: Any) -> None:
+        old = getattr(old_state, "name", str(old_state))
+        self.breakers.transition(cb.name, old, new_state.name)
+
+
+class Breakers:
+    """``reliable.breakers``: configure, inspect and reset named circuit breakers."""
+
+    def __init__(self, redis_url: str | None, *, namespace: str) -> None:
+        self.redis_url = redis_url
+        self.namespace = namespace
+        self._configs: dict[str, _Config] = {}
+        self._breakers: dict[str, pybreaker.CircuitBreaker] = {}
+        self._listeners: list[Callable[[str, str, str], None]] = []
+        self._probes: dict[str, float] = {}  # memory mode: probe lock expiry per name
+        self._lock = threading.Lock()
+        self._redis: Any = None
+        self._pid = 0
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def configure(
+        self,
+        name: str,
+        failure_threshold: int = 5,
+        reset_timeout: float | timedelta = 60,
+        *,
+        exclude: Iterable[type[BaseException]] = (),
+        on_open: str = "delay",
+        probe_timeout: float | timedelta | None = None,
+    ) -> None:
+        """Define (or redefine) the breaker ``name``; ConfigurationError on bad input."""
+        if not isinstance(name, str) or not name.strip():
+            raise ConfigurationError(f"a circuit breaker name must be a non-empty string: {name!r}")
+        if (
+            isinstance(failure_threshold, bool)
+            or not isinstance(failure_threshold, int)
+            or failure_threshold < 1
+        ):
+            raise ConfigurationError(
+                f"breaker {name!r}: failure_threshold must be a whole number >= 1, "
+                f"got {failure_threshold!r}"
+            )
+        reset = _seconds(reset_timeout, f"breaker {name!r}: reset_timeout")
+        probe = reset if probe_timeout is None else _seconds(probe_timeout, "probe_timeout")
+        excluded = tuple(exclude)
+        if not all(isinstance(e, type) and issubclass(e, BaseException) for e in excluded):
+            raise ConfigurationError(f"breaker {name!r}: exclude must be exception classes")
+        if on_open not in ON_OPEN:
+            raise ConfigurationError(
+                f"breaker {name!r}: on_open must be 'delay' or 'dead_letter', got {on_open!r}"
+            )
+        with self._lock:
+            self._configs[name] = _Config(failure_threshold, reset, excluded, on_open, probe)
+            self._breakers.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._configs
+
+    def on_open(self, name: str) -> str:
+        return self._config(name).on_open
+
+    def add_listener(self, listener: Callable[[str, str, str], None]) -> None:
+        """Called with (name, old state, new state) on every transition this process makes."""
+        self._listeners.append(listener)
+
+    # -- state ------------------------------------------------------------------------------
+
+    def states(self) -> dict[str, str]:
+        return {name: self._state(name) for name in sorted(self._configs)}
+
+    def reset(self, name: str) -> None:
+        """Close the breaker (for every worker, with Redis) and forget its failures."""
+        breaker = self._breaker(name)
+        breaker.close()
+        self._release_probe(name)
+
+    def admit(self, name: str) -> Admission:
+        """May a run protected by ``name`` go ahead now?"""
+        config = self._config(name)
+        breaker = self._breaker(name)
+        state = self._state(name)
+        if state == CLOSED:
+            return Admission(name, allowed=True)
+        if state == OPEN:
+            remaining = config.reset_timeout - self._open_for(breaker)
+            if remaining > 0:
+                return Admission(name, allowed=False, retry_after=_wait(remaining))
+        if self._take_probe(name, config.probe_timeout):
+            if state == OPEN:
+                breaker.half_open()
+            return Admission(name, allowed=True, probe=True)
+        return Admission(name, allowed=False, retry_after=_wait(min(config.probe_timeout, 5.0)))
+
+    def record_success(self, name: str, admission: Admission) -> None:
+        breaker = self._breaker(name)
+        if admission.probe:
+            breaker.close()
+            self._release_probe(name)
+        elif breaker.fail_counter:
+            breaker._state_storage.reset_counter()
+
+    def record_failure(self, name: str, exc: BaseException, admission: Admission) -> None:
+        config = self._config(name)
+        if isinstance(exc, config.exclude):  # not the service's fault: counts as a success
+            self.record_success(name, admission)
+            return
+        breaker = self._breaker(name)
+        if admission.probe:
+            breaker.open()
+            self._release_probe(name)
+            return
+        breaker._state_storage.increment_counter()
+        if breaker.fail_counter >= config.failure_threshold and self._state(name) == CLOSED:
+            breaker.open()
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def transition(self, name: str, old: str, new: str) -> None:
+        level = logging.WARNING if new == OPEN else logging.INFO
+        logger.log(level, "circuit breaker %s: %s -> %s", name, old, new)
+        for listener in self._listeners:
+            try:
+                listener(name, old, new)
+            except Exception:
+                logger.warning("circuit breaker listener failed", exc_info=True)
+
+    def _config(self, name: str) -> _Config:
+        try:
+            return self._configs[name]
+        except KeyError:
+            raise ConfigurationError(
+                f"no circuit breaker named {name!r}; configure it with "
+                f"reliable.breakers.configure({name!r}, ...)"
+            ) from None
+
+    def _client(self) -> Any:
+        if self._redis is None or self._pid != os.getpid():  # never a parent's socket
+            import redis
+
+            assert self.redis_url is not None
+            # pybreaker's Redis storage reads bytes: decode_responses must stay off.
+            self._redis = redis.Redis.from_url(self.redis_url, decode_responses=False)
+            self._pid = os.getpid()
+            self._breakers.clear()
+        return self._redis
+
+    def _breaker(self, name: str) -> pybreaker.CircuitBreaker:
+        config = self._config(name)
+        client = self._client() if self.redis_url else None
+        with self._lock:
+            breaker = self._breakers.get(name)
+            if breaker is None:
+                storage: pybreaker.CircuitBreakerStorage
+                if client is not None:
+                    storage = pybreaker.CircuitRedisStorage(
+                        CLOSED, client, namespace=f"celery_reliable:{self.namespace}{name}"
+                    )
+                else:
+                    storage = pybreaker.CircuitMemoryStorage(CLOSED)
+                breaker = pybreaker.CircuitBreaker(
+                    fail_max=config.failure_threshold,
+                    reset_timeout=config.reset_timeout,
+                    exclude=list(config.exclude),
+                    state_storage=storage,
+                    listeners=[_Transitions(self)],
+                    name=name,
+                )
+                self._breakers[name] = breaker
+            return breaker
+
+    def _state(self, name: str) -> str:
+        return str(self._breaker(name).current_state)
+
+    @staticmethod
+    def _open_for(breaker: pybreaker.CircuitBreaker) -> float:
+        opened_at = breaker._state_storage.opened_at
+        if opened_at is None:
+            return float("inf")
+        if opened_at.tzinfo is None:
+            opened_at = opened_at.replace(tzinfo=timezone.utc)
+        return (datetime.now(timezone.utc) - opened_at).total_seconds()
+
+    def _probe_key(self, name: str) -> str:
+        return f"celery_reliable:{self.namespace}{name}:probe"
+
+    def _take_probe(self, name: str, timeout: float) -> bool:
+        if self.redis_url:
+            px = max(int(timeout * 1000), 1)
+            return bool(self._client().set(self._probe_key(name), os.getpid(), nx=True, px=px))
+        with self._lock:
+            now = time.monotonic()
+            if self._probes.get(name, 0.0) > now:
+                return False
+            self._probes[name] = now + timeout
+            return True
+
+    def _release_probe(self, name: str) -> None:
+        if self.redis_url:
+            self._client().delete(self._probe_key(name))
+        else:
+            with self._lock:
+                self._probes.pop(name, None)
+
+
+def _seconds(value: float | timedelta, what: str) -> float:
+    try:
+        return parse_seconds(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{what}: {exc}") from exc
+
+
+def _wait(seconds: float) -> float:
+    """At least half a second, plus up to 10% jitter, so waiting messages spread out."""
+    seconds = max(seconds, _MIN_WAIT)
+    return seconds + random.uniform(0, seconds * 0.1)

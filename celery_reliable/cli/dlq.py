@@ -1,0 +1,177 @@
+"""``celery reliable dlq ...``: review, replay and purge dead-lettered messages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import click
+
+from celery_reliable.dead_letters import DeadLetterReason, DeadLetters
+
+from .base import extension, reliable
+from .output import Duration, Moment, emit_json, json_option, progress_bar, table
+
+REASONS = click.Choice([r.value for r in DeadLetterReason])
+
+
+def _letters(ctx: click.Context) -> DeadLetters:
+    return extension(ctx).dead_letters
+
+
+@reliable.group()
+def dlq() -> None:
+    """The dead-letter store: list, show, replay, purge, stats."""
+
+
+@dlq.command(name="list")
+@click.option("--reason", type=REASONS, help="Only this reason.")
+@click.option("--task", "task_name", help="Only this task name.")
+@click.option("--since", type=Moment(), help="Dead-lettered at or after (ISO time, or '2h').")
+@click.option("--until", type=Moment(), help="Dead-lettered before (ISO time, or '2h').")
+@click.option("--replayed/--not-replayed", default=None, help="Only replayed / not replayed.")
+@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
+@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@json_option
+@click.pass_context
+def list_(
+    ctx: click.Context,
+    reason: str | None,
+    task_name: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    replayed: bool | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
+) -> None:
+    """Entries, newest first."""
+    entries = _letters(ctx).list(reason, task_name, since, until, replayed, limit, offset)
+    if as_json:
+        emit_json([e.as_dict() for e in entries])
+        return
+    table(
+        ("ID", "DEAD-LETTERED", "REASON", "TASK", "MESSAGE", "RUNS", "REPLAYED", "ERROR"),
+        [
+            (
+                e.id,
+                e.dead_lettered_at,
+                e.reason.value,
+                e.task_name,
+                e.message_id,
+                e.attempts,
+                e.replay_count,
+                f"{e.exception_type}: {e.exception_message}",
+            )
+            for e in entries
+        ],
+    )
+
+
+@dlq.command()
+@click.argument("entry_id", type=int)
+@json_option
+@click.pass_context
+def show(ctx: click.Context, entry_id: int, as_json: bool) -> None:
+    """One entry, whole (with its traceback)."""
+    entry = _letters(ctx).get(entry_id)
+    if entry is None:
+        raise click.UsageError(f"no dead-letter entry {entry_id}")
+    data = entry.as_dict()
+    if as_json:
+        emit_json(data)
+        return
+    trace = data.pop("traceback")
+    width = max(len(k) for k in data)
+    for key, value in data.items():
+        click.echo(f"{key.ljust(width)}  {value}")
+    if trace:
+        click.echo(f"\n{trace.rstrip()}")
+
+
+@dlq.command()
+@click.argument("entry_ids", type=int, nargs=-1)
+@click.option("--reason", type=REASONS, help="Replay every entry with this reason.")
+@click.option("--task", "task_name", help="Replay every entry of this task.")
+@click.option("--limit", type=click.IntRange(min=0), help="At most this many.")
+@click.option("--dry-run", is_flag=True, help="Say how many would be replayed; change nothing.")
+@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Replays per second.")
+@click.option("--stop-after-failures", type=click.IntRange(min=1), help="Stop after N failures.")
+@click.pass_context
+def replay(
+    ctx: click.Context,
+    entry_ids: tuple[int, ...],
+    reason: str | None,
+    task_name: str | None,
+    limit: int | None,
+    dry_run: bool,
+    rate: float | None,
+    stop_after_failures: int | None,
+) -> None:
+    """Publish entries again through the outbox: by ID, or by --reason/--task."""
+    letters = _letters(ctx)
+    if entry_ids and (reason or task_name):
+        raise click.UsageError("give entry IDs or --reason/--task, not both")
+    if not entry_ids and not (reason or task_name):
+        raise click.UsageError("give entry IDs, or --reason/--task to replay a batch")
+    if not entry_ids:
+        due = letters.replay_batch(reason, task_name, limit=limit, dry_run=True)
+        if dry_run:
+            click.echo(f"would replay {due} entries")
+            return
+        with progress_bar(due, "replaying") as bar:
+            count = letters.replay_batch(
+                reason,
+                task_name,
+                limit=limit,
+                rate_limit=rate,
+                stop_after_failures=stop_after_failures,
+                progress=bar.update,
+            )
+        click.echo(f"replayed {count} entries")
+        return
+    missing = [i for i in entry_ids if letters.get(i) is None]
+    if missing:  # checked first, so a typo changes nothing
+        raise click.UsageError(f"no dead-letter entry {', '.join(map(str, missing))}")
+    if dry_run:
+        click.echo(f"would replay {len(entry_ids)} entries")
+        return
+    for entry_id in entry_ids:
+        try:
+            task_id = letters.replay(entry_id)
+        except Exception as exc:
+            raise click.ClickException(f"entry {entry_id} not replayed: {exc}") from exc
+        click.echo(f"entry {entry_id} replayed as task {task_id}")
+
+
+@dlq.command()
+@click.option("--older-than", type=Duration(), required=True, help="Age, such as 30d.")
+@click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+@click.pass_context
+def purge(ctx: click.Context, older_than: timedelta, dry_run: bool) -> None:
+    """Delete entries dead-lettered longer ago than --older-than."""
+    letters = _letters(ctx)
+    if dry_run:
+        cutoff = datetime.now().astimezone() - older_than
+        click.echo(f"would purge {letters.count(until=cutoff)} entries")
+        return
+    click.echo(f"purged {letters.purge_older_than(older_than)} entries")
+
+
+@dlq.command()
+@json_option
+@click.pass_context
+def stats(ctx: click.Context, as_json: bool) -> None:
+    """How many entries, by reason, task and failure group, and the oldest one's age."""
+    statistics = _letters(ctx).statistics()
+    if as_json:
+        emit_json(statistics.as_dict())
+        return
+    click.echo(f"entries: {statistics.count}")
+    click.echo(f"oldest: {statistics.oldest_age or '-'}")
+    for title, counts in (
+        ("REASON", statistics.by_reason),
+        ("TASK", statistics.by_task),
+        ("FAILURE GROUP", statistics.by_failure_group),
+    ):
+        click.echo("")
+        table((title, "COUNT"), sorted(counts.items(), key=lambda kv: -kv[1]))

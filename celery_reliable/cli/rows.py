@@ -1,0 +1,104 @@
+"""``celery reliable outbox|inbox stats|list|retry``: the outbox's and the inbox's rows."""
+
+from __future__ import annotations
+
+import click
+
+from celery_reliable.exceptions import InvalidArgument
+
+from .base import extension, reliable
+from .output import emit_json, json_option, table
+
+limit_option = click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
+
+
+@reliable.group()
+def outbox() -> None:
+    """Outbox rows: the relay's backlog, poisoned rows, manual retries."""
+
+
+@outbox.command(name="stats")
+@json_option
+@click.pass_context
+def outbox_stats(ctx: click.Context, as_json: bool) -> None:
+    """Rows due, delayed, sent and poisoned; the oldest due row's age."""
+    stats = extension(ctx).admin.outbox_stats()
+    if as_json:
+        emit_json(stats.as_dict())
+        return
+    table(("STATE", "ROWS"), [(k, v) for k, v in stats.as_dict().items()])
+
+
+@outbox.command(name="list")
+@click.option("--poisoned", is_flag=True, help="Poisoned rows instead of pending ones.")
+@limit_option
+@json_option
+@click.pass_context
+def outbox_list(ctx: click.Context, poisoned: bool, limit: int, as_json: bool) -> None:
+    """Pending rows (oldest first), or with --poisoned the rows that gave up."""
+    rows = extension(ctx).admin.outbox_rows(poisoned=poisoned, limit=limit)
+    if as_json:
+        emit_json(rows)
+        return
+    columns = ("id", "message_id", "task_name", "attempts", "available_at", "last_error")
+    table([c.upper() for c in columns], [[row[c] for c in columns] for row in rows])
+
+
+@outbox.command(name="retry")
+@click.argument("row_ids", type=int, nargs=-1, required=True)
+@click.pass_context
+def outbox_retry(ctx: click.Context, row_ids: tuple[int, ...]) -> None:
+    """Publish poisoned rows again (attempts reset). All or nothing."""
+    try:
+        count = extension(ctx).admin.retry_outbox(row_ids)
+    except InvalidArgument as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"{count} outbox rows will be published again")
+
+
+@reliable.group()
+def inbox() -> None:
+    """Inbox marks: counts by status, quarantined messages, manual retries."""
+
+
+@inbox.command(name="stats")
+@json_option
+@click.pass_context
+def inbox_stats(ctx: click.Context, as_json: bool) -> None:
+    """Marks by status."""
+    stats = extension(ctx).admin.inbox_stats()
+    if as_json:
+        emit_json(stats)
+        return
+    table(("STATUS", "MARKS"), list(stats.items()))
+
+
+@inbox.command(name="list")
+@click.option("--poisoned", is_flag=True, required=True, help="Quarantined messages.")
+@limit_option
+@json_option
+@click.pass_context
+def inbox_list(ctx: click.Context, poisoned: bool, limit: int, as_json: bool) -> None:
+    """Quarantined (message id, handler key) pairs."""
+    rows = extension(ctx).admin.inbox_poisoned(limit=limit)
+    if as_json:
+        emit_json(rows)
+        return
+    columns = ("message_id", "handler_key", "attempts", "last_error")
+    table([c.upper() for c in columns], [[row[c] for c in columns] for row in rows])
+
+
+@inbox.command(name="retry")
+@click.argument("message_ids", nargs=-1, required=True)
+@click.option("--handler-key", help="Only this handler key (default: all of the message's).")
+@click.pass_context
+def inbox_retry(ctx: click.Context, message_ids: tuple[str, ...], handler_key: str | None) -> None:
+    """Let quarantined messages run on their next delivery. All or nothing.
+
+    Nothing is sent: use `dlq replay` to send a dead-lettered message again.
+    """
+    try:
+        count = extension(ctx).admin.retry_inbox(message_ids, handler_key)
+    except InvalidArgument as exc:
+        raise click.UsageError(str(exc)) from exc
+    click.echo(f"{count} inbox marks will run on their next delivery")

@@ -1,0 +1,591 @@
+"""The dead-letter store: messages that failed for good, kept whole for review and replay.
+
+An entry keeps everything needed to understand the failure and to send the message again:
+task, arguments, headers, delivery info, the exception with its traceback, how many runs it
+had and when it was first seen. It lives in the reliable store, so it commits in the same
+transaction as the inbox's quarantine mark: a message is dead-lettered and quarantined, or
+neither. Replaying goes through the transactional outbox, so marking an entry replayed and
+publishing it again are one transaction too.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import traceback as traceback_module
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery import Signature
+from celery.utils import uuid
+from kombu.utils import json as kombu_json
+from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from .durations import parse_duration
+from .exceptions import DeadLetterNotFound, InvalidArgument, ReliableError
+from .inbox import utcnow
+from .message import MESSAGE_ID_HEADER
+from .signals import dead_letter_alert
+
+if TYPE_CHECKING:
+    from .extension import Reliable
+
+logger = logging.getLogger(__name__)
+
+#: Headers Celery sets on every message by itself: a replay gets fresh ones.
+_PROTOCOL_HEADERS = frozenset(
+    {
+        "id",
+        "task",
+        "root_id",
+        "parent_id",
+        "group",
+        "group_index",
+        "retries",
+        "eta",
+        "expires",
+        "timelimit",
+        "argsrepr",
+        "kwargsrepr",
+        "origin",
+        "lang",
+        "shadow",
+        "ignore_result",
+        "replaced_task_nesting",
+        "stamped_headers",
+        "stamps",
+    }
+)
+#: celery_reliable's own bookkeeping headers, from the task pipeline.
+INTERNAL_HEADER_PREFIX = "reliable_"
+
+
+class DeadLetterReason(str, enum.Enum):
+    """Why a message was dead-lettered; member names are the upper-snake form of the values."""
+
+    MAX_RETRIES_EXCEEDED = "MaxRetriesExceeded"
+    CIRCUIT_BREAKER_OPEN = "CircuitBreakerOpen"
+    DESERIALIZATION_FAILED = "DeserializationFailed"
+    HANDLER_NOT_FOUND = "HandlerNotFound"
+    VALIDATION_FAILED = "ValidationFailed"
+    AUTHORIZATION_FAILED = "AuthorizationFailed"
+    MESSAGE_EXPIRED = "MessageExpired"
+    MANUAL_REJECTION = "ManualRejection"
+    POISON_MESSAGE = "PoisonMessage"
+    UNHANDLED_EXCEPTION = "UnhandledException"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def reason_of(value: object) -> DeadLetterReason:
+    """A reason from a member or its value (``"MaxRetriesExceeded"``); a clear error otherwise."""
+    try:
+        return DeadLetterReason(value)
+    except ValueError:
+        known = ", ".join(r.value for r in DeadLetterReason)
+        raise InvalidArgument(f"unknown dead-letter reason {value!r}; known: {known}") from None
+
+
+@dataclass(frozen=True)
+class FailedMessage:
+    """What is known of a message when it is dead-lettered (from a task run or a raw delivery)."""
+
+    message_id: str
+    task_id: str | None
+    task_name: str | None
+    handler_key: str | None = None
+    args: Any = None  # a list, or None when the body could not be decoded
+    kwargs: Any = None
+    headers: Mapping[str, Any] = field(default_factory=dict)
+    delivery_info: Mapping[str, Any] = field(default_factory=dict)
+    raw_body: bytes | None = None
+    content_type: str | None = None
+    content_encoding: str | None = None
+    attempts: int = 0
+    first_seen_at: datetime | None = None
+    hostname: str | None = None
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """One dead-letter entry, as :meth:`DeadLetters.get` and :meth:`DeadLetters.list` return it."""
+
+    id: int
+    message_id: str
+    task_id: str | None
+    task_name: str | None
+    handler_key: str | None
+    args: Any
+    kwargs: Any
+    headers: dict[str, Any]
+    delivery_info: dict[str, Any]
+    reason: DeadLetterReason
+    detector: str | None
+    exception_type: str | None
+    exception_message: str | None
+    traceback: str | None
+    failure_group: str | None
+    attempts: int
+    first_seen_at: datetime | None
+    dead_lettered_at: datetime
+    hostname: str | None
+    replay_count: int
+    replayed_at: datetime | None
+    raw_body: bytes | None = None
+    content_type: str | None = None
+    content_encoding: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (the raw body, if any, is left out)."""
+        data = asdict(self)
+        data.pop("raw_body")
+        data["reason"] = self.reason.value
+        for name in ("first_seen_at", "dead_lettered_at", "replayed_at"):
+            data[name] = data[name].isoformat() if data[name] else None
+        return data
+
+
+@dataclass(frozen=True)
+class DeadLetterStatistics:
+    """``reliable.dead_letters.statistics()``."""
+
+    count: int
+    by_reason: dict[str, int]
+    by_task: dict[str, int]
+    by_failure_group: dict[str, int]
+    oldest_age: timedelta | None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["oldest_age"] = None if self.oldest_age is None else self.oldest_age.total_seconds()
+        return data
+
+
+#: The redaction hook: gets the fields about to be stored, returns them masked.
+Redactor = Callable[[dict[str, Any]], dict[str, Any]]
+Transform = Callable[[Signature], Signature]
+
+
+def exception_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def failure_group(exc: BaseException) -> str:
+    """Exception type + the innermost frame in application code: one root cause, one group.
+
+    Library frames (site-packages, the standard library, celery_reliable) are skipped, so
+    a failure deep inside a driver groups by the application line that called it. The
+    function is named, not the line, so the group survives unrelated edits to the file.
+    """
+    frames = traceback_module.extract_tb(exc.__traceback__) if exc.__traceback__ else []
+    where = None
+    for frame in reversed(frames):
+        path = frame.filename.replace("\\", "/")
+        if any(part in path for part in ("/site-packages/", "/lib/python", "/celery_reliable/")):
+            continue
+        where = f"{path.rsplit('/', 1)[-1]}:{frame.name}"
+        break
+    return f"{exception_name(exc)} @ {where or 'library code'}"[:255]
+
+
+def require_count(value: object, name: str) -> int:
+    """A whole number >= 0 (a limit, an offset) or InvalidArgument naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise InvalidArgument(f"{name} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _json(value: Any) -> str | None:
+    try:
+        return None if value is None else str(kombu_json.dumps(value))  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError):
+        return None
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else kombu_json.loads(value)  # type: ignore[no-untyped-call]
+
+
+class DeadLetters:
+    """``reliable.dead_letters``: record, query, replay and purge dead-lettered messages.
+
+    ``redactor`` (a callable or None) masks stored fields: it receives a dict with ``args``,
+    ``kwargs``, ``headers``, ``exception_message`` and ``traceback`` and returns it changed.
+    Replay sends what is stored, so mask only what the task does not need, or replay with
+    a ``transform`` that puts the real values back.
+    """
+
+    def __init__(self, reliable: Reliable) -> None:
+        self._reliable = reliable
+        self.table = reliable.tables.dead_letter
+        self.redactor: Redactor | None = None
+        self._alert_lock = threading.Lock()
+        self._last_alert = 0.0
+
+    # -- recording ------------------------------------------------------------------------
+
+    def add(
+        self,
+        message: FailedMessage,
+        reason: DeadLetterReason,
+        *,
+        exc: BaseException | None = None,
+        detail: str | None = None,
+        detector: str | None = None,
+        connection: Connection | None = None,
+    ) -> int:
+        """Store an entry (in ``connection``'s transaction when given); return its id."""
+        fields: dict[str, Any] = {
+            "args": message.args,
+            "kwargs": message.kwargs,
+            "headers": dict(message.headers),
+            "exception_message": detail if exc is None else (str(exc) or detail),
+            "traceback": (
+                "".join(traceback_module.format_exception(type(exc), exc, exc.__traceback__))
+                if exc is not None
+                else None
+            ),
+        }
+        if self.redactor is not None:
+            fields = self.redactor(dict(fields))
+        args_json, kwargs_json = _json(fields["args"]), _json(fields["kwargs"])
+        raw_body = message.raw_body
+        if message.args is not None and (args_json is None or kwargs_json is None):
+            detail = f"{detail or ''} (arguments are not JSON: kept as repr)".strip()
+            raw_body = raw_body or repr((message.args, message.kwargs)).encode()
+        row = {
+            "message_id": message.message_id,
+            "task_id": message.task_id,
+            "task_name": message.task_name,
+            "handler_key": message.handler_key,
+            "args": args_json,
+            "kwargs": kwargs_json,
+            "headers": _json(fields["headers"]) or "{}",
+            "delivery_info": _json(dict(message.delivery_info)) or "{}",
+            "raw_body": raw_body,
+            "content_type": message.content_type,
+            "content_encoding": message.content_encoding,
+            "reason": reason_of(reason).value,
+            "detector": detector,
+            "exception_type": exception_name(exc) if exc is not None else reason_of(reason).value,
+            "exception_message": fields["exception_message"],
+            "traceback": fields["traceback"],
+            "failure_group": failure_group(exc) if exc is not None else reason_of(reason).value,
+            "attempts": message.attempts,
+            "first_seen_at": message.first_seen_at,
+            "dead_lettered_at": utcnow(),
+            "hostname": message.hostname,
+            "replay_count": 0,
+        }
+        statement = insert(self.table).values(row)
+        if connection is not None:
+            entry_id = connection.execute(statement).inserted_primary_key[0]  # type: ignore[index]
+        else:
+            with self._reliable.database.engine.begin() as conn:
+                entry_id = conn.execute(statement).inserted_primary_key[0]  # type: ignore[index]
+        self._reliable.metrics.dead_letters.add(
+            1, {"reason": row["reason"], "task": message.task_name or ""}
+        )
+        logger.error(
+            "message %s (%s) dead-lettered as %s: entry %s: %s",
+            message.message_id,
+            message.task_name,
+            row["reason"],
+            entry_id,
+            row["exception_message"],
+        )
+        return int(entry_id)
+
+    def check_alert(self) -> bool:
+        """Alert (ERROR log + signal) when dead letters in the window exceed the threshold.
+
+        Called after each dead letter commits; one alert per window per process, so a
+        storm is reported, not repeated for every message of it.
+        """
+        settings = self._reliable.settings
+        window = settings.alert_window
+        with self._alert_lock:
+            if time.monotonic() - self._last_alert < window.total_seconds():
+                return False
+            recent = self.count(since=utcnow() - window)
+            if recent <= settings.alert_threshold:
+                return False
+            self._last_alert = time.monotonic()
+        logger.error(
+            "%d messages were dead-lettered in the last %s (reliable_alert_threshold is %d)",
+            recent,
+            window,
+            settings.alert_threshold,
+        )
+        dead_letter_alert.send(
+            sender=self._reliable.app,
+            count=recent,
+            window=window,
+            threshold=settings.alert_threshold,
+        )
+        return True
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def _where(
+        self,
+        reason: DeadLetterReason | str | None,
+        task_name: str | None,
+        since: datetime | None,
+        until: datetime | None,
+        replayed: bool | None,
+    ) -> list[ColumnElement[bool]]:
+        t = self.table
+        clauses: list[ColumnElement[bool]] = []
+        if reason is not None:
+            clauses.append(t.c.reason == reason_of(reason).value)
+        if task_name is not None:
+            clauses.append(t.c.task_name == task_name)
+        for bound, name in ((since, "since"), (until, "until")):
+            if bound is not None and (not isinstance(bound, datetime) or bound.tzinfo is None):
+                raise InvalidArgument(f"{name} must be a timezone-aware datetime, got {bound!r}")
+        if since is not None:
+            clauses.append(t.c.dead_lettered_at >= since)
+        if until is not None:
+            clauses.append(t.c.dead_lettered_at < until)
+        if replayed is True:
+            clauses.append(t.c.replay_count > 0)
+        elif replayed is False:
+            clauses.append(t.c.replay_count == 0)
+        return clauses
+
+    def list(
+        self,
+        reason: DeadLetterReason | str | None = None,
+        task_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        replayed: bool | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> list[DeadLetter]:
+        """Entries matching every filter given, newest first; page with ``limit``/``offset``."""
+        require_count(limit, "limit")
+        require_count(offset, "offset")
+        query = (
+            select(self.table)
+            .where(*self._where(reason, task_name, since, until, replayed))
+            .order_by(self.table.c.id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self._reliable.database.engine.connect() as conn:
+            return [_entry(row) for row in conn.execute(query)]
+
+    def get(self, entry_id: int) -> DeadLetter | None:
+        """The entry with this id, or None."""
+        with self._reliable.database.engine.connect() as conn:
+            row = conn.execute(select(self.table).where(self.table.c.id == entry_id)).first()
+        return None if row is None else _entry(row)
+
+    def count(
+        self,
+        reason: DeadLetterReason | str | None = None,
+        task_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        replayed: bool | None = None,
+    ) -> int:
+        query = select(func.count()).select_from(self.table)
+        query = query.where(*self._where(reason, task_name, since, until, replayed))
+        with self._reliable.database.engine.connect() as conn:
+            return int(conn.scalar(query) or 0)
+
+    def statistics(self) -> DeadLetterStatistics:
+        """Count, counts by reason, task and failure group, and the oldest entry's age."""
+        t = self.table
+
+        def grouped(column: Any) -> dict[str, int]:
+            rows = conn.execute(select(column, func.count()).group_by(column))
+            return {str(key): int(n) for key, n in rows}
+
+        with self._reliable.database.engine.connect() as conn:
+            count = int(conn.scalar(select(func.count()).select_from(t)) or 0)
+            oldest = conn.scalar(select(func.min(t.c.dead_lettered_at)))
+            return DeadLetterStatistics(
+                count=count,
+                by_reason=grouped(t.c.reason),
+                by_task=grouped(t.c.task_name),
+                by_failure_group=grouped(t.c.failure_group),
+                oldest_age=None if oldest is None else utcnow() - oldest,
+            )
+
+    # -- replay -----------------------------------------------------------------------------
+
+    def replay(self, entry_id: int, *, transform: Transform | None = None) -> str:
+        """Publish the entry again through the outbox; return the new Celery task id.
+
+        In one transaction: the entry is marked replayed, the inbox's quarantine of its
+        message is lifted (so the replay runs, once), and the message is written to the
+        outbox under the same message id. ``transform`` gets the signature about to be
+        published and returns the one to publish (a fixed argument, a header).
+        """
+        reliable = self._reliable
+        t = self.table
+        with Session(reliable.database.engine) as session, session.begin():
+            query = select(t).where(t.c.id == entry_id)
+            if reliable.database.dialect != "sqlite":
+                query = query.with_for_update()
+            row = session.execute(query).first()
+            if row is None:
+                raise DeadLetterNotFound(f"no dead-letter entry {entry_id!r}")
+            entry = _entry(row)
+            signature = self._signature(entry)
+            if transform is not None:
+                signature = transform(signature)
+                if not isinstance(signature, Signature):
+                    raise InvalidArgument(
+                        f"transform must return a signature, returned {signature!r}"
+                    )
+            task_id = str(signature.options.get("task_id") or uuid())
+            signature.set(task_id=task_id)
+            reliable.outbox.enqueue(session, signature, message_id=entry.message_id)
+            if entry.handler_key is not None:
+                reliable.store.lift_quarantine(
+                    [entry.message_id], entry.handler_key, connection=session.connection()
+                )
+            session.execute(
+                update(t)
+                .where(t.c.id == entry_id)
+                .values(replay_count=t.c.replay_count + 1, replayed_at=utcnow())
+            )
+        logger.info("dead-letter entry %s replayed as message %s", entry_id, entry.message_id)
+        return task_id
+
+    def _signature(self, entry: DeadLetter) -> Signature:
+        if entry.task_name is None or entry.args is None:
+            raise ReliableError(
+                f"dead-letter entry {entry.id} has no decodable task and arguments "
+                f"({entry.reason.value}); it can be inspected but not replayed"
+            )
+        headers = {
+            key: value
+            for key, value in entry.headers.items()
+            if key not in _PROTOCOL_HEADERS and not key.startswith(INTERNAL_HEADER_PREFIX)
+        }
+        headers[MESSAGE_ID_HEADER] = entry.message_id
+        options: dict[str, Any] = {"headers": headers}
+        routing_key = entry.delivery_info.get("routing_key")
+        if routing_key and routing_key in self._reliable.app.amqp.queues:
+            options["queue"] = routing_key
+        if entry.delivery_info.get("priority") is not None:
+            options["priority"] = entry.delivery_info["priority"]
+        return self._reliable.app.signature(
+            entry.task_name, args=tuple(entry.args), kwargs=dict(entry.kwargs or {}), **options
+        )
+
+    def replay_batch(
+        self,
+        reason: DeadLetterReason | str | None = None,
+        task_name: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        *,
+        limit: int | None = None,
+        dry_run: bool = False,
+        transform: Transform | None = None,
+        rate_limit: float | None = None,
+        stop_after_failures: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Replay the entries not replayed yet that match; return how many were (or would be).
+
+        Oldest first, each in its own transaction. ``rate_limit`` is replays per second;
+        ``stop_after_failures`` ends the batch after that many entries failed to replay.
+        ``progress`` is called with 1 after each entry (a progress bar's ``update``).
+        """
+        if limit is not None:
+            require_count(limit, "limit")
+        if rate_limit is not None and (not isinstance(rate_limit, (int, float)) or rate_limit <= 0):
+            raise InvalidArgument(f"rate_limit must be a positive number, got {rate_limit!r}")
+        query = (
+            select(self.table.c.id)
+            .where(*self._where(reason, task_name, since, until, False))
+            .order_by(self.table.c.id)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        with self._reliable.database.engine.connect() as conn:
+            ids = list(conn.scalars(query))
+        if dry_run:
+            return len(ids)
+        replayed = failures = 0
+        interval = 1.0 / rate_limit if rate_limit else 0.0
+        next_at = time.monotonic()
+        for entry_id in ids:
+            if interval:
+                time.sleep(max(0.0, next_at - time.monotonic()))
+                next_at = max(next_at, time.monotonic()) + interval
+            try:
+                self.replay(entry_id, transform=transform)
+            except Exception:
+                failures += 1
+                logger.warning("replay of dead-letter entry %s failed", entry_id, exc_info=True)
+                if stop_after_failures is not None and failures >= stop_after_failures:
+                    logger.error("replay batch stopped after %d failures", failures)
+                    break
+            else:
+                replayed += 1
+            finally:
+                if progress is not None:
+                    progress(1)
+        return replayed
+
+    # -- removal ------------------------------------------------------------------------
+
+    def purge_older_than(self, age: timedelta | str | float) -> int:
+        """Delete entries dead-lettered over ``age`` ago ('30d', a timedelta); return how many."""
+        try:
+            cutoff = utcnow() - parse_duration(age)
+        except ValueError as exc:
+            raise InvalidArgument(f"purge_older_than: {exc}") from exc
+        where = self.table.c.dead_lettered_at < cutoff
+        return self._reliable.maintenance.delete_in_batches(self.table, where)
+
+    def delete(self, entry_id: int) -> bool:
+        """Delete one entry; False if there was none."""
+        with self._reliable.database.engine.begin() as conn:
+            return conn.execute(delete(self.table).where(self.table.c.id == entry_id)).rowcount == 1
+
+
+def _entry(row: Any) -> DeadLetter:
+    return DeadLetter(
+        id=row.id,
+        message_id=row.message_id,
+        task_id=row.task_id,
+        task_name=row.task_name,
+        handler_key=row.handler_key,
+        args=_loads(row.args),
+        kwargs=_loads(row.kwargs),
+        headers=_loads(row.headers) or {},
+        delivery_info=_loads(row.delivery_info) or {},
+        reason=DeadLetterReason(row.reason),
+        detector=row.detector,
+        exception_type=row.exception_type,
+        exception_message=row.exception_message,
+        traceback=row.traceback,
+        failure_group=row.failure_group,
+        attempts=row.attempts,
+        first_seen_at=row.first_seen_at,
+        dead_lettered_at=row.dead_lettered_at,
+        hostname=row.hostname,
+        replay_count=row.replay_count,
+        replayed_at=row.replayed_at,
+        raw_body=row.raw_body,
+        content_type=row.content_type,
+        content_encoding=row.content_encoding,
+    )

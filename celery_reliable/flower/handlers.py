@@ -1,0 +1,459 @@
+"""The Dead Letters pages: Tornado handlers inside Flower's own application.
+
+Each handler subclasses Flower's ``BaseHandler``, so Flower's authentication (basic auth,
+OAuth, a custom auth provider) decides who gets in, exactly as for its own pages, and its
+error pages and navbar are ours too. What we add is stricter than Flower where dead letters
+need it: every POST must carry Tornado's xsrf token whatever the authentication (Flower asks
+for it only under OAuth), no cross-origin headers, no framing, and the store is read in
+Flower's thread pool so a slow database never stalls Flower's event loop.
+
+Every value typed into a form is checked here and refused with a message on the page (400);
+what is shown is escaped by the templates (arguments and tracebacks are user data).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import partial
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import tornado.web
+from flower.views import BaseHandler  # type: ignore[import-untyped]
+from tornado.ioloop import IOLoop
+
+from celery_reliable.dead_letters import (
+    DeadLetter,
+    DeadLetterReason,
+    DeadLetters,
+    DeadLetterStatistics,
+)
+from celery_reliable.durations import parse_duration, parse_moment
+from celery_reliable.exceptions import DeadLetterNotFound, InvalidArgument
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+#: Longer than any task name or ISO time; longer input is a mistake or an attack.
+MAX_FIELD = 255
+#: The filter fields, as named in forms and in links.
+FILTER_FIELDS = ("reason", "task", "since", "until", "replayed")
+#: ``replayed`` in a form: not given, "no", "yes".
+REPLAYED = {"": None, "no": False, "yes": True}
+
+
+class Refused(tornado.web.HTTPError):
+    """A request that cannot be served as asked; ``message`` is shown on the page."""
+
+    def __init__(self, status_code: int, message: str) -> None:
+        super().__init__(status_code)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The list filters, parsed, and as they were typed (to refill the form and build links)."""
+
+    reason: DeadLetterReason | None
+    task_name: str | None
+    since: datetime | None
+    until: datetime | None
+    replayed: bool | None
+    typed: dict[str, str]
+
+    def query(self) -> dict[str, Any]:
+        """Keyword arguments for ``DeadLetters.list`` and ``count``."""
+        return {
+            "reason": self.reason,
+            "task_name": self.task_name,
+            "since": self.since,
+            "until": self.until,
+            "replayed": self.replayed,
+        }
+
+    def hidden_fields(self, *names: str) -> list[tuple[str, str]]:
+        """The filters given, as (name, value) pairs for a form's hidden inputs."""
+        return [(name, self.typed[name]) for name in names if self.typed[name]]
+
+
+def parse_filters(read: Callable[[str, str], str]) -> Filters:
+    """Filters from a form or query string (``read(name, default)``); Refused(400) if invalid."""
+    typed = {name: text(read, name) for name in FILTER_FIELDS}
+    reason = None
+    if typed["reason"]:
+        try:
+            reason = DeadLetterReason(typed["reason"])
+        except ValueError:
+            known = ", ".join(r.value for r in DeadLetterReason)
+            raise Refused(400, f"unknown reason {typed['reason']!r}; known: {known}") from None
+    if typed["replayed"] not in REPLAYED:
+        raise Refused(400, f"replayed must be 'yes', 'no' or empty, not {typed['replayed']!r}")
+    since, until = moment(typed["since"], "since"), moment(typed["until"], "until")
+    if since is not None and until is not None and since >= until:
+        raise Refused(400, "since must be before until")
+    return Filters(
+        reason=reason,
+        task_name=typed["task"] or None,
+        since=since,
+        until=until,
+        replayed=REPLAYED[typed["replayed"]],
+        typed=typed,
+    )
+
+
+def text(read: Callable[[str, str], str], name: str) -> str:
+    value = read(name, "").strip()
+    if len(value) > MAX_FIELD:
+        raise Refused(400, f"{name} is longer than {MAX_FIELD} characters")
+    return value
+
+
+def moment(value: str, name: str) -> datetime | None:
+    """An ISO 8601 time (UTC when it has no zone), or an age such as ``2h`` (that long ago).
+
+    The same spelling as ``celery reliable dlq list --since``.
+    """
+    if not value:
+        return None
+    try:
+        return parse_moment(value)
+    except ValueError as exc:
+        raise Refused(400, f"{name}: {exc}") from None
+
+
+def whole(value: str, name: str, minimum: int, maximum: int | None = None) -> int:
+    """A whole number within bounds, or Refused(400) saying which."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise Refused(400, f"{name} must be a whole number, not {value[:MAX_FIELD]!r}") from None
+    if number < minimum or (maximum is not None and number > maximum):
+        bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+        raise Refused(400, f"{name} must be {bounds}, not {number}")
+    return number
+
+
+def entry_id(value: str) -> int:
+    # Ids are database integers: anything outside a signed 64-bit range cannot exist.
+    return whole(value, "entry id", 1, 2**63 - 1)
+
+
+# -- what templates use to show values -------------------------------------------------------
+
+
+def when(value: datetime | None) -> str:
+    """A stored time in UTC (SQLite hands back naive datetimes, which are UTC)."""
+    if value is None:
+        return "-"
+    aware = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    return aware.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def age(value: timedelta | None) -> str:
+    return "-" if value is None else str(timedelta(seconds=int(value.total_seconds())))
+
+
+def pretty(value: Any) -> str:
+    """Arguments, headers and delivery info as indented JSON (the text is escaped on render)."""
+    return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
+
+
+TEMPLATE_HELPERS = {"when": when, "age": age, "pretty": pretty}
+
+
+# -- handlers ------------------------------------------------------------------------------
+
+
+class Page(BaseHandler):  # type: ignore[misc]  # Flower is untyped
+    """Flower's handler with the dead-letter store and the stricter request rules above."""
+
+    def initialize(self, letters: DeadLetters) -> None:
+        self.letters = letters
+
+    def set_default_headers(self) -> None:
+        # Not Flower's: with FLOWER_UNAUTHENTICATED_API it opens pages to every origin (CORS),
+        # which pages that replay and purge must never be. Framing is refused (clickjacking).
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
+        self.set_header("Referrer-Policy", "same-origin")
+        self.set_header("Cache-Control", "no-store")
+
+    def check_xsrf_cookie(self) -> None:
+        super().check_xsrf_cookie()  # Flower, with auth on: cross-site Sec-Fetch-Site/Origin → 403
+        # ...and the token always: Flower skips it without OAuth, which basic auth (the
+        # browser resends credentials to any site's form) and loopback-only setups need.
+        tornado.web.RequestHandler.check_xsrf_cookie(self)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if not isinstance(exc, Refused):
+            super().write_error(status_code, **kwargs)
+            return
+        if not hasattr(self, "_current_user"):  # as Flower: never authenticate while erring
+            self.current_user = None
+        self.page("reliable_error.html", message=exc.message, status_code=status_code)
+
+    def page(self, template: str, **values: Any) -> None:
+        self.render(
+            template,
+            read_only=bool(self.application.options.read_only),
+            **TEMPLATE_HELPERS,
+            **values,
+        )
+
+    async def blocking(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store call in Flower's thread pool; API argument errors become a 400 page."""
+        try:
+            return await IOLoop.current().run_in_executor(None, partial(function, *args, **kwargs))
+        except DeadLetterNotFound as exc:
+            raise Refused(404, str(exc)) from exc
+        except InvalidArgument as exc:
+            raise Refused(400, str(exc)) from exc
+
+    def writable(self) -> None:
+        if self.application.options.read_only:
+            raise Refused(403, "Flower runs with --read_only: dead letters cannot be changed")
+
+    def list_url(self, **query: str | int) -> str:
+        base = str(self.reverse_url("reliable-dead-letters"))
+        given = {k: v for k, v in query.items() if v != ""}
+        return f"{base}?{urlencode(given)}" if given else base
+
+    def entry_url(self, entry: int) -> str:
+        return str(self.reverse_url("reliable-dead-letter", entry))
+
+    async def found(self, entry: int) -> DeadLetter:
+        letter = await self.blocking(self.letters.get, entry)
+        if letter is None:
+            raise Refused(404, f"no dead-letter entry {entry}")
+        return letter
+
+
+class ListPage(Page):
+    """Filters, statistics, one page of entries, and the forms that act on them."""
+
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        filters = parse_filters(self.get_query_argument)
+        limit = whole(self.get_query_argument("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT)
+        offset = whole(self.get_query_argument("offset", "0"), "offset", 0)
+        entries, total, statistics = await self.blocking(self._load, filters, limit, offset)
+
+        def page_at(start: int) -> str:
+            return self.list_url(**filters.typed, limit=limit, offset=start)
+
+        self.page(
+            "reliable_dead_letters.html",
+            filters=filters,
+            reasons=[r.value for r in DeadLetterReason],
+            entries=entries,
+            total=total,
+            offset=offset,
+            limit=limit,
+            previous_url=page_at(max(0, offset - limit)) if offset > 0 else None,
+            next_url=page_at(offset + limit) if offset + limit < total else None,
+            statistics=statistics,
+            filter_url=self.list_url,
+        )
+
+    def _load(
+        self, filters: Filters, limit: int, offset: int
+    ) -> tuple[list[DeadLetter], int, DeadLetterStatistics]:
+        query = filters.query()
+        return (
+            self.letters.list(**query, limit=limit, offset=offset),
+            self.letters.count(**query),
+            self.letters.statistics(),
+        )
+
+
+class EntryPage(Page):
+    """One entry whole: arguments, headers, exception and traceback, attempts and history."""
+
+    @tornado.web.authenticated
+    async def get(self, raw_id: str) -> None:
+        letter = await self.found(entry_id(raw_id))
+        task_url = self.reverse_url("task", letter.task_id) if letter.task_id else None
+        self.page("reliable_dead_letter.html", entry=letter, task_url=task_url)
+
+
+class ReplaySelection(Page):
+    """POST ``ids`` (one or many): replay each through the outbox."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        self.writable()
+        ids = list(dict.fromkeys(entry_id(v) for v in self.get_body_arguments("ids")))
+        if not ids:
+            raise Refused(400, "select at least one entry to replay")
+        # Every id is checked before anything is replayed, so a stale id changes nothing.
+        missing = [i for i in ids if await self.blocking(self.letters.get, i) is None]
+        if missing:
+            raise Refused(404, f"no dead-letter entry {', '.join(map(str, missing))}")
+        outcomes: list[tuple[int, str | None, str | None]] = []
+        for entry in ids:
+            try:
+                task_id = await self.blocking(self.letters.replay, entry)
+            except Exception as exc:  # each entry on its own: one bad entry stops no other
+                logger.warning("replay of dead-letter entry %s failed", entry, exc_info=True)
+                outcomes.append(
+                    (entry, None, exc.message if isinstance(exc, Refused) else str(exc))
+                )
+            else:
+                outcomes.append((entry, task_id, None))
+        done = sum(1 for _, task_id, _ in outcomes if task_id)
+        if not done:
+            self.set_status(409)
+        self.page(
+            "reliable_result.html",
+            title="Replay",
+            lines=[f"replayed {done} of {len(ids)} entries"],
+            outcomes=outcomes,
+            entry_url=self.entry_url,
+            confirm=None,
+            back_url=self.entry_url(ids[0]) if len(ids) == 1 else self.list_url(),
+        )
+
+
+class ReplayBatch(Page):
+    """POST filters: with ``dry_run`` say how many would be replayed, then replay them."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        self.writable()
+        filters = parse_filters(self.get_body_argument)
+        raw_limit = text(self.get_body_argument, "limit")
+        limit = whole(raw_limit, "limit", 1) if raw_limit else None
+        batch = partial(
+            self.letters.replay_batch,
+            filters.reason,
+            filters.task_name,
+            filters.since,
+            filters.until,
+            limit=limit,
+        )
+        fields = filters.hidden_fields("reason", "task", "since", "until")
+        back_url = self.list_url(**filters.typed)
+        if self.get_body_argument("dry_run", ""):
+            due = await self.blocking(batch, dry_run=True)
+            # The confirmation replays at most what was counted, oldest first: entries
+            # dead-lettered after the dry run wait for the next one.
+            self.page(
+                "reliable_result.html",
+                title="Replay all matching (dry run)",
+                lines=[f"would replay {due} entries", describe(fields)],
+                outcomes=[],
+                entry_url=self.entry_url,
+                confirm=(
+                    {
+                        "action": self.reverse_url("reliable-replay-batch"),
+                        "fields": [*fields, ("limit", str(due))],
+                        "label": f"Replay {due} entries",
+                    }
+                    if due
+                    else None
+                ),
+                back_url=back_url,
+            )
+            return
+        replayed = await self.blocking(batch)
+        self.page(
+            "reliable_result.html",
+            title="Replay all matching",
+            lines=[f"replayed {replayed} entries", describe(fields)],
+            outcomes=[],
+            entry_url=self.entry_url,
+            confirm=None,
+            back_url=back_url,
+        )
+
+
+class Purge(Page):
+    """POST ``older_than``: with ``dry_run`` count what would go, then delete it."""
+
+    @tornado.web.authenticated
+    async def post(self) -> None:
+        self.writable()
+        older_than = text(self.get_body_argument, "older_than")
+        try:
+            cutoff_age = parse_duration(older_than)
+        except ValueError as exc:
+            raise Refused(400, f"older than: {exc}") from None
+        if self.get_body_argument("dry_run", ""):
+            cutoff = datetime.now(timezone.utc) - cutoff_age
+            due = await self.blocking(self.letters.count, until=cutoff)
+            self.page(
+                "reliable_result.html",
+                title="Purge (dry run)",
+                lines=[f"would purge {due} entries dead-lettered over {older_than} ago"],
+                outcomes=[],
+                entry_url=self.entry_url,
+                confirm=(
+                    {
+                        "action": self.reverse_url("reliable-purge"),
+                        "fields": [("older_than", older_than)],
+                        "label": f"Purge entries older than {older_than}",
+                    }
+                    if due
+                    else None
+                ),
+                back_url=self.list_url(),
+            )
+            return
+        purged = await self.blocking(self.letters.purge_older_than, cutoff_age)
+        self.page(
+            "reliable_result.html",
+            title="Purge",
+            lines=[f"purged {purged} entries dead-lettered over {older_than} ago"],
+            outcomes=[],
+            entry_url=self.entry_url,
+            confirm=None,
+            back_url=self.list_url(),
+        )
+
+
+class Delete(Page):
+    """POST: delete one entry."""
+
+    @tornado.web.authenticated
+    async def post(self, raw_id: str) -> None:
+        self.writable()
+        entry = entry_id(raw_id)
+        if not await self.blocking(self.letters.delete, entry):
+            raise Refused(404, f"no dead-letter entry {entry}")
+        self.page(
+            "reliable_result.html",
+            title="Delete",
+            lines=[f"deleted entry {entry}"],
+            outcomes=[],
+            entry_url=self.entry_url,
+            confirm=None,
+            back_url=self.list_url(),
+        )
+
+
+def describe(fields: list[tuple[str, str]]) -> str:
+    """Which entries a batch covers (it only ever replays entries not replayed yet)."""
+    matching = ", ".join(f"{k}={v}" for k, v in fields) if fields else "any reason, task or time"
+    return f"entries not replayed yet, matching {matching}"
+
+
+def urls(letters: DeadLetters) -> list[tuple[str, type[Page], dict[str, Any], str]]:
+    """(pattern, handler, kwargs, name) for each page; the actions come before ``/<id>``."""
+    kwargs = {"letters": letters}
+    return [
+        (r"/dead-letters", ListPage, kwargs, "reliable-dead-letters"),
+        (r"/dead-letters/replay", ReplaySelection, kwargs, "reliable-replay"),
+        (r"/dead-letters/replay-batch", ReplayBatch, kwargs, "reliable-replay-batch"),
+        (r"/dead-letters/purge", Purge, kwargs, "reliable-purge"),
+        (r"/dead-letters/([^/]+)/delete", Delete, kwargs, "reliable-delete"),
+        (r"/dead-letters/([^/]+)", EntryPage, kwargs, "reliable-dead-letter"),
+    ]

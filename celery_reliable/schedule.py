@@ -1,0 +1,97 @@
+"""The maintenance tasks and the ``celery beat`` entries that ``Reliable(app)`` adds.
+
+Run an ordinary ``celery -A app beat`` and a worker: beat sends ``celery_reliable.cleanup``
+every ``reliable_cleanup_interval`` and ``celery_reliable.recover_stuck`` every
+``reliable_recovery_interval``. The intervals are read when beat evaluates the entry, not
+when ``Reliable(app)`` runs, so settings made after it count; ``None`` switches an entry
+off. The entries are ordinary ``beat_schedule`` entries: re-time or drop them there.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from celery.schedules import schedstate, schedule
+
+if TYPE_CHECKING:
+    from .extension import Reliable
+
+CLEANUP_TASK = "celery_reliable.cleanup"
+RECOVER_TASK = "celery_reliable.recover_stuck"
+_OFF = timedelta(hours=1)  # how often beat looks again at a switched-off entry
+
+
+class SettingSchedule(schedule):  # type: ignore[misc]
+    """Every ``reliable_<setting>``; due at once on beat's first look unless told to wait."""
+
+    def __init__(
+        self, setting: str, app: Celery | None = None, app_name: str | None = None
+    ) -> None:
+        self.setting = setting
+        self.app_name = app_name or (app.main if app is not None else None)
+        self._looked = False
+        super().__init__(run_every=_OFF, app=app)
+
+    def _reliable(self) -> Reliable:
+        """The extension of the app this entry belongs to.
+
+        Beat keeps entries in a shelve, and an unpickled schedule has no app (beat would
+        fall back to ``current_app``, which may be another app): the app's name travels
+        with the entry instead.
+        """
+        from .extension import Reliable
+
+        if self._app is None and self.app_name is not None:
+            return Reliable.named(self.app_name)
+        return Reliable.of(self.app)
+
+    def _interval(self) -> timedelta | None:
+        value: timedelta | None = getattr(self._reliable().settings, self.setting)
+        return value
+
+    def is_due(self, last_run_at: datetime) -> schedstate:
+        interval = self._interval()
+        if interval is None:
+            return schedstate(False, _OFF.total_seconds())
+        self.run_every = interval
+        first, self._looked = not self._looked, True
+        if first and not self._reliable().settings.maintenance_first_run_waits:
+            return schedstate(True, interval.total_seconds())
+        return super().is_due(last_run_at)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # beat's shelve keeps entries between runs
+        return self.__class__, (self.setting, None, self.app_name)
+
+    def __repr__(self) -> str:
+        return f"<every reliable_{self.setting}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, SettingSchedule) and (other.setting, other.app_name) == (
+            self.setting,
+            self.app_name,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.setting, self.app_name))
+
+
+def install(reliable: Reliable) -> None:
+    """Register the maintenance tasks on the app and add their beat entries."""
+    app = reliable.app
+
+    def cleanup() -> dict[str, int]:
+        """Retention cleanup (see celery_reliable.maintenance)."""
+        return reliable.maintenance.cleanup().counts
+
+    def recover_stuck() -> dict[str, int]:
+        """Stuck-message recovery (see celery_reliable.maintenance)."""
+        return reliable.maintenance.recover_stuck().counts
+
+    tasks: list[Any] = [
+        app.task(name=name, shared=False, ignore_result=True)(body)
+        for name, body in ((CLEANUP_TASK, cleanup), (RECOVER_TASK, recover_stuck))
+    ]
+    for task, setting in zip(tasks, ("cleanup_interval", "recovery_interval"), strict=True):
+        app.add_periodic_task(SettingSchedule(setting, app=app), task.s(), name=task.name)

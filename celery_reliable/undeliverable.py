@@ -1,0 +1,387 @@
+"""Dead letters for messages that never reach a task body; the worker keeps running.
+
+Celery's consumer logs such a message and acknowledges or rejects it, and it is gone: a
+task name the worker does not know (``on_unknown_task``), a message that is not a task at
+all (``on_unknown_message``), a body whose content type is not in ``accept_content`` or
+that is not a valid task (``on_invalid_task``), a body that does not decode
+(``on_decode_error``), a message past its ``expires`` (``Request.revoked``, which marks it
+REVOKED and acknowledges it). Here each is first stored in the dead-letter store, and
+only then handed to Celery's own code, which acknowledges or rejects it. A crash in
+between leaves the message on the broker: at worst a second dead letter, never a lost
+message. If the store cannot be written the message is requeued instead, after a pause
+(:data:`REQUEUE_DELAY`), and waits on the broker until the store is back.
+
+Nothing is ever unpickled here: arguments are decoded only with the content types the
+worker accepts, minus pickle. Where Celery itself decoded them (an expired message, which
+it had accepted), they are taken from its request.
+
+Hooks, all in the worker's main process, installed by one consumer bootstep
+(:class:`DeadLetterUndeliverable`) when the consumer is built:
+
+* the consumer instance's four handlers are replaced by wrappers. ``create_task_handler``
+  binds ``on_unknown_message``/``on_unknown_task``/``on_invalid_task`` when the event loop
+  starts (after every step is built); ``on_decode_error`` is looked up on each call, and
+  the Tasks step hands it to the task consumer when it starts. The remote-control
+  consumer gets ``on_decode_error`` too: its messages are passed straight through.
+* expiry: every task's request class (``Task.Request``, Celery's documented extension
+  point) gets a mixin whose ``revoked()`` stores the dead letter before Celery's own
+  ``revoked()`` announces and acknowledges the message. That covers both places Celery
+  expires a message: on receipt, and when it leaves the ETA timer or the pool's queue.
+  The ``task_revoked`` signal would be too late: it is sent after the acknowledgement.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from collections.abc import Callable, Mapping
+from datetime import datetime, timezone
+from functools import cache, partial
+from typing import TYPE_CHECKING, Any
+
+from celery import bootsteps
+from celery.utils.imports import symbol_by_name
+from celery.worker.request import Request
+from celery.worker.state import task_ready
+from kombu.serialization import loads, prepare_accept_content
+from kombu.utils import json as kombu_json
+from sqlalchemy.exc import SQLAlchemyError
+
+from .dead_letters import DeadLetterReason, FailedMessage
+from .exceptions import InvalidMessageId
+from .message import MESSAGE_ID_HEADER, validate_message_id
+from .states import DEAD_LETTERED, announce
+from .store.tables import KEY_LENGTH
+
+if TYPE_CHECKING:
+    from .extension import Reliable
+
+logger = logging.getLogger(__name__)
+
+_PICKLE = "application/x-python-serialize"
+#: Seconds a message whose dead letter could not be stored is held before it is requeued.
+#: Requeued at once it would come straight back, and spin while the store is down.
+REQUEUE_DELAY = 2.0
+#: The intake step of each app's consumer, for the requests of that app.
+_INTAKES: weakref.WeakKeyDictionary[Any, DeadLetterUndeliverable] = weakref.WeakKeyDictionary()
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _text(value: object, length: int = KEY_LENGTH) -> str | None:
+    """A column value from a header a sender could have set to anything (or to too much)."""
+    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+        return str(value).strip()[:length]
+    return None
+
+
+def _encodable(mapping: object) -> dict[str, Any]:
+    """The entries that survive JSON: one odd header must not cost all the others."""
+    kept: dict[str, Any] = {}
+    for key, value in dict(mapping or {}).items() if isinstance(mapping, Mapping) else ():
+        try:
+            kombu_json.dumps(value)  # type: ignore[no-untyped-call]
+        except (TypeError, ValueError):
+            continue
+        kept[str(key)] = value
+    return kept
+
+
+def _delivery_info(message: Any) -> dict[str, Any]:
+    """Where the message came from, in the keys Celery's requests use, plus its properties."""
+    info = message.delivery_info or {}
+    properties = message.properties or {}
+    return {
+        "exchange": info.get("exchange"),
+        "routing_key": info.get("routing_key"),
+        "redelivered": info.get("redelivered", False),
+        "priority": properties.get("priority", info.get("priority")),
+        "delivery_tag": _text(message.delivery_tag),
+        "properties": {k: v for k, v in properties.items() if isinstance(v, _SCALARS)},
+    }
+
+
+def _safe_payload(message: Any, accept_content: Any) -> Any:
+    """The decoded body when a content type the worker accepts (never pickle) allows it."""
+    safe = prepare_accept_content(accept_content) - {_PICKLE}  # type: ignore[no-untyped-call]
+    if message.content_type not in safe:
+        return None
+    try:
+        return loads(  # type: ignore[no-untyped-call]
+            message.body, message.content_type, message.content_encoding, accept=safe
+        )
+    except Exception:  # undecodable: the raw body is kept anyway
+        return None
+
+
+def _arguments(payload: Any) -> tuple[list[Any] | None, dict[str, Any] | None]:
+    """(args, kwargs) of a protocol 2 body ``[args, kwargs, embed]`` or a protocol 1 dict."""
+    if isinstance(payload, (list, tuple)) and len(payload) >= 2:
+        args, kwargs = payload[0], payload[1]
+    elif isinstance(payload, dict):
+        args, kwargs = payload.get("args"), payload.get("kwargs")
+    else:
+        return None, None
+    if isinstance(args, (list, tuple)) and isinstance(kwargs, dict):
+        return list(args), dict(kwargs)
+    return None, None
+
+
+def _message_id(headers: Mapping[str, Any], payload: Any, message: Any) -> str:
+    """The business key if valid, else the task id, else the broker's own message id or tag."""
+    try:
+        return validate_message_id(headers.get(MESSAGE_ID_HEADER), source="header")
+    except InvalidMessageId:
+        pass
+    for candidate in (
+        headers.get("id"),
+        payload.get("id") if isinstance(payload, dict) else None,
+        (message.properties or {}).get("message_id"),
+        message.delivery_tag,
+    ):
+        found = _text(candidate)
+        if found is not None:
+            return found
+    return "unknown"
+
+
+def failed_message(
+    message: Any,
+    accept_content: Any,
+    hostname: str | None,
+    arguments: tuple[Any, Any] | None = None,
+) -> FailedMessage:
+    """What can be kept of a raw broker message: always the raw body and where it came from.
+
+    ``arguments`` are Celery's own decoding, when it did decode; otherwise the body is
+    decoded here, safely (a disallowed content type or a body that fails to decode leaves
+    the arguments None: the raw body is what is kept then).
+    """
+    headers = _encodable(message.headers)
+    payload = _safe_payload(message, accept_content) if arguments is None else None
+    args, kwargs = arguments if arguments is not None else _arguments(payload)
+    task = headers.get("task") or (payload.get("task") if isinstance(payload, dict) else None)
+    body = message.body
+    return FailedMessage(
+        message_id=_message_id(headers, payload, message),
+        task_id=_text(headers.get("id")),
+        task_name=_text(task),
+        args=args,
+        kwargs=kwargs,
+        headers=headers,
+        delivery_info=_delivery_info(message),
+        raw_body=body if isinstance(body, bytes) else str(body).encode("utf-8", "replace"),
+        content_type=_text(message.content_type, 128),
+        content_encoding=_text(message.content_encoding, 64),
+        hostname=_text(hostname),
+    )
+
+
+def store(
+    reliable: Reliable,
+    build: Callable[[], FailedMessage],
+    reason: DeadLetterReason,
+    *,
+    exc: BaseException | None,
+    detector: str,
+    detail: str | None = None,
+) -> int | None:
+    """Store the dead letter; its entry id, or None when the store cannot be written.
+
+    None means: requeue the message, it waits on the broker until the store is back. Any
+    other error (a bug, a redactor that raises) propagates; the caller then lets Celery
+    handle the message as it would without celery_reliable, rather than requeue it for
+    ever.
+    """
+    entry = build()
+    try:
+        entry_id = reliable.dead_letters.add(
+            entry, reason, exc=exc, detail=detail, detector=detector
+        )
+    except SQLAlchemyError as error:
+        # Not str(error): SQLAlchemy's includes the statement's parameters, the arguments.
+        cause = str(getattr(error, "orig", None) or type(error).__name__).strip()
+        logger.error(
+            "message %s (%s) could not be dead-lettered as %s, the store is unavailable "
+            "(%s): requeued in %.0fs, it waits on the broker",
+            entry.message_id,
+            entry.task_name,
+            reason.value,
+            cause.splitlines()[0] if cause else type(error).__name__,
+            REQUEUE_DELAY,
+        )
+        return None
+    try:
+        reliable.dead_letters.check_alert()
+    except Exception:
+        logger.warning("dead-letter alert check failed", exc_info=True)
+    return entry_id
+
+
+def _meta(entry_id: int, reason: DeadLetterReason, detector: str) -> dict[str, Any]:
+    return {"dead_letter_id": entry_id, "reason": reason.value, "detector": detector}
+
+
+class DeadLetterUndeliverable(bootsteps.StartStopStep):  # type: ignore[misc]
+    """A consumer step that stores a message as a dead letter before Celery drops it."""
+
+    label = "celery_reliable dead letters for undeliverable messages"
+
+    def __init__(self, consumer: Any, **kwargs: Any) -> None:
+        from .extension import Reliable
+
+        self.consumer = consumer
+        self.reliable = Reliable.of(consumer.app)
+        _INTAKES[consumer.app] = self
+        for name, reason in (
+            ("on_unknown_message", DeadLetterReason.HANDLER_NOT_FOUND),
+            ("on_unknown_task", DeadLetterReason.HANDLER_NOT_FOUND),
+            ("on_invalid_task", DeadLetterReason.DESERIALIZATION_FAILED),
+        ):
+            original = getattr(consumer, name)
+            # (body, message[, exc]): the message is always the second argument.
+            handler = partial(self._intercept, original, name, reason, 1)
+            setattr(consumer, name, handler)
+        consumer.on_decode_error = partial(
+            self._intercept,
+            consumer.on_decode_error,
+            "on_decode_error",
+            DeadLetterReason.DESERIALIZATION_FAILED,
+            0,
+        )
+        update_strategies = consumer.update_strategies
+
+        def with_expiry_dead_letters() -> None:
+            for task in consumer.app.tasks.values():
+                task.Request = _with_expiry(symbol_by_name(task.Request))
+            update_strategies()
+
+        consumer.update_strategies = with_expiry_dead_letters
+        super().__init__(consumer, **kwargs)
+
+    def _intercept(
+        self,
+        original: Callable[..., Any],
+        detector: str,
+        reason: DeadLetterReason,
+        message_at: int,
+        *args: Any,
+    ) -> Any:
+        consumer, message = self.consumer, args[message_at]
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if getattr(message, "channel", None) is not getattr(task_consumer, "channel", None):
+            return original(*args)  # the remote-control consumer's, not a task message
+        exc = args[-1] if isinstance(args[-1], BaseException) else None
+        build = partial(
+            failed_message, message, consumer.app.conf.accept_content, consumer.hostname
+        )
+        detail = None if exc else "not a Celery task message: it names no task"
+        try:
+            entry_id = store(
+                self.reliable, build, reason, exc=exc, detector=detector, detail=detail
+            )
+        except Exception:
+            logger.exception("could not dead-letter a message; Celery's %s drops it", detector)
+            return original(*args)
+        if entry_id is None:
+            self.requeue_later(message)
+            return None
+        result = original(*args)  # acknowledges or rejects: the dead letter is committed
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        task_id = _text(headers.get("id"))
+        if task_id is not None:  # after Celery's handler, which may store FAILURE
+            dispatcher = consumer.event_dispatcher
+            announce(
+                consumer.app.backend,
+                task_id,
+                DEAD_LETTERED,
+                _meta(entry_id, reason, detector),
+                send_event=partial(dispatcher.send, uuid=task_id) if dispatcher else None,
+                store=not headers.get("ignore_result"),
+            )
+        return result
+
+    def requeue_later(self, message: Any) -> None:
+        """Requeue ``message`` after :data:`REQUEUE_DELAY`, from the consumer's own loop.
+
+        Until then it stays unacknowledged: if the worker dies meanwhile, the broker hands
+        it out again anyway.
+        """
+
+        def requeue() -> None:
+            try:
+                message.requeue()
+            except Exception:  # a closed channel: the broker hands the message back anyway
+                logger.warning("could not requeue the message", exc_info=True)
+
+        consumer = self.consumer
+        consumer.timer.call_after(REQUEUE_DELAY, consumer.call_soon, (requeue,))
+
+
+def _expired(expires: datetime | None) -> bool:
+    """Celery's own test (``Request.maybe_expire``): past the deadline, naive or aware."""
+    if expires is None:
+        return False
+    return datetime.now(timezone.utc if expires.tzinfo else None) > expires
+
+
+class ExpiryDeadLetters(Request):  # type: ignore[misc]
+    """A request that stores itself as ``MessageExpired`` before Celery revokes it unrun.
+
+    Mixed into each task's request class by :class:`DeadLetterUndeliverable`, in front
+    of a custom ``Task.Request`` if the task has one.
+    """
+
+    __slots__ = ()
+    _DETECTOR = "expires"
+
+    def revoked(self) -> bool:
+        if self._already_revoked or not _expired(self.expires):  # type: ignore[has-type]
+            return bool(super().revoked())
+        from .extension import Reliable
+
+        reliable = Reliable.of(self.app)
+        reason = DeadLetterReason.MESSAGE_EXPIRED
+        build = partial(
+            failed_message,
+            self.message,
+            self.app.conf.accept_content,
+            self.hostname,
+            arguments=(self.args, self.kwargs),
+        )
+        try:
+            entry_id = store(
+                reliable,
+                build,
+                reason,
+                exc=None,
+                detector=self._DETECTOR,
+                detail=f"expired at {self.expires.isoformat()}",
+            )
+        except Exception:
+            logger.exception("could not dead-letter expired message %s", self.id)
+            return bool(super().revoked())
+        if entry_id is None:  # skipped, now and by any later check; requeued by the intake
+            task_ready(self)
+            self._already_revoked = True  # type: ignore[misc]
+            self.acknowledged = True  # type: ignore[misc]
+            _INTAKES[self.app].requeue_later(self.message)
+            return True
+        revoked = bool(super().revoked())  # marks it REVOKED and acknowledges it
+        announce(
+            self.task.backend,
+            self.id,
+            DEAD_LETTERED,
+            _meta(entry_id, reason, self._DETECTOR),
+            send_event=self.send_event,
+            store=not self.ignore_result,
+            request=self._context,
+        )
+        return revoked
+
+
+@cache
+def _with_expiry(base: type) -> type:
+    """``base`` with :class:`ExpiryDeadLetters` in front (once: it may already be there)."""
+    if issubclass(base, ExpiryDeadLetters):
+        return base
+    return type(f"DeadLetterExpired{base.__name__}", (ExpiryDeadLetters, base), {"__slots__": ()})

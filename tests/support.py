@@ -167,11 +167,13 @@ class FaultyLink:
     """A TCP proxy on 127.0.0.1 that a test can cut and restore (the real service stays up).
 
     Cut: every open connection is closed and new ones are closed as soon as accepted, as a
-    broker or network outage looks to a client.
+    broker or network outage looks to a client. ``delay`` (seconds) holds back every chunk
+    of data in both directions: a slow network or an overloaded service.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
+        self.delay = 0.0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         self._cut = threading.Event()
@@ -214,6 +216,7 @@ class FaultyLink:
             except OSError:
                 _close(client)
                 continue
+            upstream.settimeout(None)  # the 5 s was for connecting: idle links stay open
             with self._lock:
                 self._open.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
@@ -223,6 +226,8 @@ class FaultyLink:
         try:
             with suppress(OSError):
                 while data := source.recv(65536):
+                    if self.delay:
+                        time.sleep(self.delay)  # the fault being simulated: latency
                     sink.sendall(data)
         finally:
             _close(source)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +16,7 @@ from sqlalchemy import func, select
 from celery_reliable import MESSAGE_ID_HEADER, Reliable
 from celery_reliable.testing import drop_store
 from tests.support import (
+    ROOT,
     WorkerProcess,
     database_url,
     make_app,
@@ -48,11 +52,11 @@ class Stack:
         self._workers = 0
 
     @contextmanager
-    def worker(self, *extra: str, **env: str) -> Iterator[WorkerProcess]:
+    def worker(self, *extra: str, app: str = APP, **env: str) -> Iterator[WorkerProcess]:
         self._workers += 1
         log = self.dir / f"worker-{self._workers}.log"
         args = ("-P", "prefork", "-c", "1", "--without-mingle", "--without-gossip", *extra)
-        with worker_process(APP, {**self.env, **env}, log, *args) as worker:
+        with worker_process(app, {**self.env, **env}, log, *args) as worker:
             yield worker
 
     def send(self, task: str, *args: object) -> str:
@@ -73,7 +77,15 @@ class Stack:
 
     def queue_depth(self) -> int:
         with self.producer.connection_for_write() as conn:
-            return int(conn.default_channel.queue_declare(f"q_{self.prefix}", passive=True)[1])
+            channel = conn.default_channel
+            if conn.transport.driver_type == "redis":  # an empty Redis queue is no key at all
+                return int(channel.client.llen(f"q_{self.prefix}"))
+            return int(channel.queue_declare(f"q_{self.prefix}", passive=True)[1])
+
+    def outbox_rows(self):
+        t = self.reliable.tables.outbox
+        with self.reliable.database.engine.connect() as conn:
+            return conn.execute(select(t).order_by(t.c.id)).all()
 
     def outbox_count(self, status: str) -> int:
         t = self.reliable.tables.outbox
@@ -117,3 +129,32 @@ def stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
 def postgres_stack(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Stack]:
     """Each broker with the production store."""
     yield from _stack(request.param, tmp_path)
+
+
+@pytest.fixture
+def env(db_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment for `celery -A worker_app ...` on a fresh store prefix (in-memory broker)."""
+    prefix = unique()
+    yield {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RT_BROKER": "memory://",
+        "RT_DB": db_url,
+        "RT_PREFIX": prefix,
+        "RT_DIR": str(tmp_path),
+    }
+    drop_store(db_url, prefix)
+
+
+def celery(
+    env: dict[str, str], *args: str, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run `celery -A worker_app ARGS` as a user would, capturing its output."""
+    return subprocess.run(
+        [sys.executable, "-m", "celery", "-A", APP, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -2,42 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from celery_reliable.testing import drop_store
-from tests.support import ROOT, unique
-
-APP = "tests.acceptance.worker_app"
-
-
-@pytest.fixture
-def env(db_url, tmp_path):
-    prefix = unique()
-    yield {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "RT_BROKER": "memory://",
-        "RT_DB": db_url,
-        "RT_PREFIX": prefix,
-        "RT_DIR": str(tmp_path),
-    }
-    drop_store(db_url, prefix)
-
-
-def celery(env, *args, timeout=60):
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", APP, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from .conftest import celery
 
 
 def test_db_upgrade_and_current(env):

@@ -23,7 +23,10 @@ def test_the_demo_runs_on_the_embedded_default():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "broker filesystem://" in result.stdout
+    assert "relay published 1 message -> receipts: 1" in result.stdout
     assert "state DUPLICATE" in result.stdout
     assert "payments still: 1" in result.stdout
-    assert "poisoned after 3 attempts" in result.stdout
+    assert "DEAD_LETTERED after 3 runs" in result.stdout
+    assert "MaxRetriesExceeded" in result.stdout
+    assert "replay" in result.stdout
     assert result.stdout.rstrip().endswith("exactly-once effects held")

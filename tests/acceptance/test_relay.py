@@ -8,6 +8,7 @@ import subprocess
 import sys
 from urllib.parse import urlsplit
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -167,3 +168,42 @@ def _tried_and_released(stack) -> int:
     )
     with stack.reliable.database.engine.connect() as conn:
         return conn.execute(query).scalar_one()
+
+
+def test_a_message_the_broker_cannot_route_fails_alone_and_never_stalls_the_relay(
+    postgres_stack,
+):
+    stack = postgres_stack
+    if not stack.broker.startswith("amqp"):
+        pytest.skip("routing failures are RabbitMQ's: Redis queues are always reachable")
+    unbound = f"x_unbound_{stack.prefix}"
+    with stack.producer.connection_for_write() as conn:  # an exchange no queue is bound to
+        conn.default_channel.exchange_declare(unbound, "direct", auto_delete=True)
+    signature = stack.producer.signature("effect", (None,))
+    with stack.reliable.database.engine.begin() as conn:
+        outbox = stack.reliable.outbox
+        outbox.enqueue(
+            conn,
+            signature,
+            message_id="missing-exchange",
+            exchange=f"x_missing_{stack.prefix}",
+            routing_key="nowhere",
+        )
+        outbox.enqueue(
+            conn, signature, message_id="unroutable", exchange=unbound, routing_key="nowhere"
+        )
+        outbox.enqueue(conn, signature, message_id="fine")
+    relay = stack.reliable.relay
+    try:
+        for _ in range(3):  # the bad rows back off; the good one must get through
+            relay.drain()
+    finally:
+        relay.close()
+    rows = {row.message_id: row for row in stack.outbox_rows()}
+    assert rows["fine"].status == "sent"
+    assert rows["missing-exchange"].status == "pending"
+    assert rows["missing-exchange"].attempts == 1
+    assert "NOT_FOUND" in rows["missing-exchange"].last_error
+    assert rows["unroutable"].status == "pending"
+    assert rows["unroutable"].attempts == 1
+    assert "unroutable" in rows["unroutable"].last_error

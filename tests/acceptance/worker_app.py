@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import Column, MetaData, String, Table
 
 from celery_reliable import ReliableTask
+from celery_reliable.rabbitmq import use_dead_letter_exchange
 from tests.support import make_app
 
 PREFIX = os.environ["RT_PREFIX"]
@@ -35,6 +36,10 @@ if "RT_BAD_SETTING" in os.environ:
 
 app = make_app(os.environ["RT_BROKER"], os.environ["RT_DB"], PREFIX, backend="disabled://", **extra)
 app.conf.worker_prefetch_multiplier = 1
+if "RT_BACKEND" in os.environ:
+    app.conf.result_backend = os.environ["RT_BACKEND"]
+if "RT_DLX" in os.environ:  # the test declared them; the worker declares its queue alike
+    use_dead_letter_exchange(app, exchange=f"dlx_{PREFIX}", queue=f"dlq_{PREFIX}", declare=False)
 
 metadata = MetaData()
 effects = Table(f"{PREFIX}effects", metadata, Column("message_id", String(255)))

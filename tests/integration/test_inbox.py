@@ -69,9 +69,13 @@ def test_max_attempts_quarantines_and_keeps_the_row(reliable):
     for attempt in (1, 2, 3):
         run = claim(reliable, redelivered=True)
         assert (run.outcome, run.attempts) == (Outcome.RUN, attempt)
-    poisoned = claim(reliable, redelivered=True)
-    assert poisoned.outcome is Outcome.POISONED
+    exhausted = claim(reliable, redelivered=True)
+    assert (exhausted.outcome, exhausted.attempts) == (Outcome.EXHAUSTED, 3)
+    assert status_of(reliable).status is Status.PROCESSING  # the caller quarantines it
+    reliable.inbox.quarantine(exhausted, "used up its attempts")
     assert claim(reliable, redelivered=True).outcome is Outcome.POISONED
+    with pytest.raises(LostOwnership):  # a second quarantine of the same claim is fenced
+        reliable.inbox.quarantine(exhausted, "again")
     row = status_of(reliable)
     assert (row.status, row.attempts) == (Status.POISONED, 3)
 

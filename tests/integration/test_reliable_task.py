@@ -12,6 +12,7 @@ from celery.signals import task_postrun
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
 
 from celery_reliable import DUPLICATE, MESSAGE_ID_HEADER, Reliable, ReliableTask
+from celery_reliable.states import DEAD_LETTERED
 from celery_reliable.store.base import Status
 from tests.support import make_app, wait_for
 
@@ -244,13 +245,15 @@ def test_called_as_a_function_the_task_is_plain_code(h):
         assert conn.execute(query).scalar() == 0
 
 
-def test_attempts_are_capped_by_max_attempts(h):
-    result = h.app.tasks["flaky"].delay()
-    with pytest.raises(Exception, match="quarantined as poisoned after 3 attempts"):
-        get(result)
+def test_attempts_are_capped_by_max_attempts_and_the_message_is_dead_lettered(h):
+    result = h.app.tasks["flaky"].delay()  # retries itself forever
+    wait_for(lambda: result.state == DEAD_LETTERED, 30, what="DEAD_LETTERED state")
     assert h.body_runs["flaky"] == 3
     row = h.status(result.id, "flaky")
     assert (row.status, row.attempts) == (Status.POISONED, 3)
+    entry = h.reliable.dead_letters.get(result.info["dead_letter_id"])
+    assert (entry.reason, entry.detector, entry.attempts) == ("PoisonMessage", "max-attempts", 3)
+    assert entry.message_id == result.id
 
 
 def test_a_second_delivery_while_the_first_runs_waits_then_is_a_duplicate(h):

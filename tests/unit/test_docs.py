@@ -1,7 +1,10 @@
-"""The configuration reference is generated from the settings module and kept current."""
+"""The docs stay true: the configuration reference is current and the site builds strictly."""
 
+import os
 import subprocess
 import sys
+
+import pytest
 
 from tests.support import ROOT
 
@@ -11,3 +14,17 @@ def test_configuration_reference_is_current():
         [sys.executable, "docs/generate_configuration.py", "--check"], cwd=ROOT, check=False
     )
     assert result.returncode == 0, "run: python docs/generate_configuration.py"
+
+
+def test_the_documentation_site_builds_strictly(tmp_path):
+    """Broken links and pages missing from the navigation fail the build (as in tox -e docs)."""
+    pytest.importorskip("mkdocs", reason="mkdocs-material is in the test extras")
+    result = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+    )
+    assert result.returncode == 0, result.stderr

@@ -4,17 +4,25 @@ import celery_reliable
 def test_public_names_are_pinned():
     assert sorted(celery_reliable.__all__) == [
         "ConfigurationError",
+        "DEAD_LETTERED",
         "DUPLICATE",
+        "DeadLetter",
+        "DeadLetterNotFound",
+        "DeadLetterReason",
         "EnqueueError",
+        "FailureContext",
+        "InvalidArgument",
         "InvalidMessageId",
         "LostOwnership",
         "MESSAGE_ID_HEADER",
-        "MessagePoisoned",
+        "PermanentFailure",
         "Reliable",
         "ReliableError",
         "ReliableTask",
+        "RetryPolicy",
         "StoreUnavailable",
         "TransactionMisuse",
+        "Verdict",
     ]
     for name in celery_reliable.__all__:
         assert getattr(celery_reliable, name) is not None

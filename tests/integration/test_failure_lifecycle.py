@@ -1,0 +1,268 @@
+"""The failure lifecycle inside a worker: retry, poison detection, dead letter, replay.
+
+An embedded worker on the in-memory broker, on each database; the real brokers are covered
+by tests/acceptance/test_failure_paths.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import timedelta
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from celery.exceptions import Reject
+from celery.signals import task_postrun, task_retry
+from sqlalchemy import select, update
+
+from celery_reliable import PermanentFailure, Reliable, ReliableTask
+from celery_reliable.dead_letters import DeadLetterReason
+from celery_reliable.poison import Verdict
+from celery_reliable.retry import RetryPolicy
+from celery_reliable.states import DEAD_LETTERED, DUPLICATE
+from celery_reliable.store.base import Status
+from tests.support import make_app, wait_for
+
+QUICK = RetryPolicy.fixed(2, 0.05)
+
+
+class Lifecycle:
+    """An app with failing tasks, what ran, and the end state of every delivery."""
+
+    def __init__(self, db_url: str, prefix: str) -> None:
+        self.app = make_app(
+            "memory://",
+            db_url,
+            prefix,
+            reliable_max_attempts=4,
+            reliable_retry_max_broker_delay=10,
+        )
+        self.reliable = Reliable.of(self.app)
+        self.reliable.create_schema()
+        self.reliable.retry_policies["quick"] = QUICK
+        self.runs: Counter[str] = Counter()
+        self.ends: list[tuple[str, str]] = []
+        self.retried: list[str] = []
+        self.broken = True
+        self._lock = threading.Lock()
+        task_postrun.connect(self._on_postrun, weak=False)
+        task_retry.connect(self._on_retry, weak=False)
+        self.reliable.add_poison_detector(_evil_arguments)
+        define_tasks(self)
+
+    def _on_postrun(self, sender=None, task_id=None, state=None, **_):
+        if sender is not None and sender.app is self.app:
+            with self._lock:
+                self.ends.append((task_id, state))
+
+    def _on_retry(self, sender=None, request=None, **_):
+        if sender is not None and sender.app is self.app:
+            with self._lock:
+                self.retried.append(request.id)
+
+    def ran(self, key: str) -> int:
+        with self._lock:
+            self.runs[key] += 1
+            return self.runs[key]
+
+    def ended(self, task_id: str) -> list[str]:
+        with self._lock:
+            return [state for tid, state in self.ends if tid == task_id]
+
+    def dead_letter_of(self, result):
+        """Wait for DEAD_LETTERED and return the entry its meta points at."""
+        wait_for(lambda: result.state == DEAD_LETTERED, 30, what=f"{result.id} dead-lettered")
+        return self.reliable.dead_letters.get(result.info["dead_letter_id"])
+
+    def close(self) -> None:
+        task_postrun.disconnect(self._on_postrun)
+        task_retry.disconnect(self._on_retry)
+        self.reliable.database.dispose()
+
+
+def _evil_arguments(context):
+    if context.args and context.args[0] == "evil":
+        return Verdict(DeadLetterReason.VALIDATION_FAILED, "evil-args", "evil arguments")
+    return None
+
+
+def define_tasks(h: Lifecycle) -> None:
+    app = h.app
+    options = {"base": ReliableTask, "bind": True, "shared": False}
+
+    @app.task(name="transient", retry_policy=RetryPolicy.fixed(0, 0.05), **options)
+    def transient(self, failures):
+        # max_retries=0, yet a connection error is retried (up to reliable_max_attempts).
+        if h.ran(self.request.id) <= failures:
+            raise ConnectionResetError("the payment gateway hung up")
+        return "paid"
+
+    @app.task(name="always_fails", retry_policy="quick", **options)
+    def always_fails(self, label="x"):
+        h.ran(self.request.id)
+        raise ValueError(f"amount {label} is not a number")
+
+    @app.task(name="declared_poison", poison_exceptions=(KeyError,), **options)
+    def declared_poison(self):
+        h.ran(self.request.id)
+        raise KeyError("customer")
+
+    @app.task(name="invalid", **options)
+    def invalid(self):
+        h.ran(self.request.id)
+        raise PermanentFailure("card number fails its checksum", reason="ValidationFailed")
+
+    @app.task(name="rejects", **options)
+    def rejects(self):
+        h.ran(self.request.id)
+        raise Reject("refused by the handler", requeue=False)
+
+    @app.task(
+        name="aged",
+        retry_policy=RetryPolicy.fixed(5, 1.5),
+        max_age=timedelta(seconds=1),
+        **options,
+    )
+    def aged(self):
+        h.ran(self.request.id)
+        raise ValueError("fails, and is too old by its next run")
+
+    @app.task(name="slow_failure", max_processing_time=timedelta(milliseconds=50), **options)
+    def slow_failure(self):
+        h.ran(self.request.id)
+        time.sleep(0.1)  # the body under test is slow on purpose, not a wait in the test
+        raise ValueError("slow and failing")
+
+    @app.task(name="fixable", retry_policy=RetryPolicy.fixed(0, 1), **options)
+    def fixable(self, amount):
+        h.ran(self.request.id)
+        if h.broken:
+            raise ValueError("bug in the handler")
+        return amount * 2
+
+    @app.task(name="later", retry_policy=RetryPolicy.fixed(1, 120), **options)
+    def later(self):
+        if h.ran("later") == 1:
+            raise ValueError("first run fails; the retry is due in two minutes")
+        return "finally"
+
+
+@pytest.fixture(scope="module")
+def lifecycle(module_db):
+    h = Lifecycle(*module_db)
+    with start_worker(h.app, pool="threads", concurrency=2, perform_ping_check=False):
+        yield h
+    h.close()
+
+
+def test_a_transient_error_is_retried_then_succeeds(lifecycle):
+    h = lifecycle
+    result = h.app.tasks["transient"].delay(2)
+    assert result.get(timeout=30, interval=0.02) == "paid"
+    assert h.runs[result.id] == 3
+    assert h.retried.count(result.id) == 2  # shown as RETRY twice
+    row = h.reliable.store.get_status(result.id, "transient")
+    assert (row.status, row.attempts) == (Status.COMPLETED, 3)
+
+
+def test_an_exhausted_retry_budget_is_dead_lettered_with_everything_kept(lifecycle):
+    h = lifecycle
+    result = h.app.tasks["always_fails"].apply_async(("12a",), headers={"tenant": "acme"})
+    entry = h.dead_letter_of(result)
+    assert h.runs[result.id] == 3  # max_retries=2: three runs in all
+    assert entry.reason is DeadLetterReason.MAX_RETRIES_EXCEEDED
+    assert (entry.detector, entry.attempts) == ("retry-policy", 3)
+    assert (entry.message_id, entry.task_id, entry.task_name) == (
+        result.id,
+        result.id,
+        "always_fails",
+    )
+    assert (entry.args, entry.kwargs, entry.headers["tenant"]) == (["12a"], {}, "acme")
+    assert entry.exception_type == "ValueError"
+    assert entry.exception_message == "amount 12a is not a number"
+    assert "raise ValueError" in entry.traceback
+    assert entry.failure_group == "ValueError @ test_failure_lifecycle.py:always_fails"
+    assert entry.first_seen_at <= entry.dead_lettered_at
+    assert entry.hostname
+    assert entry.delivery_info["routing_key"]
+    assert result.info["reason"] == "MaxRetriesExceeded"
+    row = h.reliable.store.get_status(result.id, "always_fails")
+    assert row.status is Status.POISONED
+
+
+@pytest.mark.parametrize(
+    ("task", "reason", "detector"),
+    [
+        ("declared_poison", DeadLetterReason.POISON_MESSAGE, "exception-classification"),
+        ("invalid", DeadLetterReason.VALIDATION_FAILED, "permanent-failure"),
+        ("rejects", DeadLetterReason.MANUAL_REJECTION, "reject"),
+        ("slow_failure", DeadLetterReason.POISON_MESSAGE, "timespan"),
+    ],
+)
+def test_poison_is_dead_lettered_after_one_run(lifecycle, task, reason, detector):
+    h = lifecycle
+    result = h.app.tasks[task].delay()
+    entry = h.dead_letter_of(result)
+    assert (entry.reason, entry.detector, entry.attempts) == (reason, detector, 1)
+    assert h.runs[result.id] == 1
+
+
+def test_a_user_detector_decides(lifecycle):
+    h = lifecycle
+    result = h.app.tasks["always_fails"].delay("evil")
+    entry = h.dead_letter_of(result)
+    assert (entry.reason, entry.detector) == (DeadLetterReason.VALIDATION_FAILED, "evil-args")
+    assert h.runs[result.id] == 1
+
+
+def test_a_message_older_than_max_age_is_not_run_again(lifecycle):
+    h = lifecycle
+    result = h.app.tasks["aged"].delay()
+    entry = h.dead_letter_of(result)
+    assert h.runs[result.id] == 1  # the retry arrived too old and was judged before running
+    assert (entry.detector, entry.attempts) == ("timespan", 2)
+    assert "max_age" in entry.exception_message
+
+
+def test_a_long_retry_waits_in_the_store_not_on_the_broker(lifecycle):
+    h = lifecycle
+    outbox = h.reliable.tables.outbox
+    result = h.app.tasks["later"].delay()
+    wait_for(lambda: result.id in h.retried, 30, what="the first run to fail")
+    with h.reliable.database.engine.connect() as conn:
+        row = conn.execute(select(outbox).where(outbox.c.task_id == result.id)).one()
+    assert row.status == "pending"
+    assert timedelta(seconds=100) < row.available_at - row.created_at <= timedelta(seconds=121)
+    # Two minutes later (we move the clock of the row, not the test): the relay sends it.
+    with h.reliable.database.engine.begin() as conn:
+        due_now = update(outbox).where(outbox.c.id == row.id).values(available_at=row.created_at)
+        conn.execute(due_now)
+    assert h.reliable.relay.drain() == 1
+    assert result.get(timeout=30, interval=0.02) == "finally"
+    assert h.runs["later"] == 2
+
+
+def test_replay_after_a_fix_runs_once_even_if_replayed_twice(lifecycle):
+    h = lifecycle
+    h.broken = True
+    result = h.app.tasks["fixable"].delay(21)
+    entry = h.dead_letter_of(result)
+    h.broken = False  # the fix is deployed
+    replay_id = h.reliable.dead_letters.replay(entry.id)
+    assert h.reliable.relay.drain() == 1
+    replayed = h.app.AsyncResult(replay_id)
+    assert replayed.get(timeout=30, interval=0.02) == 42
+    after = h.reliable.dead_letters.get(entry.id)
+    assert after.replay_count == 1
+    assert after.replayed_at is not None
+    assert h.reliable.store.get_status(entry.message_id, "fixable").status is Status.COMPLETED
+    # A second replay of the same entry is the same message: the inbox absorbs it.
+    again = h.app.AsyncResult(h.reliable.dead_letters.replay(entry.id))
+    assert h.reliable.relay.drain() == 1
+    wait_for(lambda: again.state == DUPLICATE, 30, what="the second replay to be a duplicate")
+    assert again.result == 42
+    assert h.runs[result.id] == 1
+    assert h.runs[replay_id] == 1
+    assert h.runs[again.id] == 0

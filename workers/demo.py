@@ -23,7 +23,7 @@ os.chdir(WORKDIR)  # the embedded default store is a SQLite file in the working 
 from celery.contrib.testing.worker import start_worker  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from celery_reliable import DUPLICATE, MESSAGE_ID_HEADER  # noqa: E402
+from celery_reliable import DEAD_LETTERED, DUPLICATE, MESSAGE_ID_HEADER  # noqa: E402
 
 from . import shop  # noqa: E402
 
@@ -36,6 +36,20 @@ def payments(order_id: str) -> int:
     with shop.reliable.database.engine.connect() as conn:
         query = select(func.count()).where(shop.Payment.order_id == order_id)
         return int(conn.execute(query).scalar_one())
+
+
+def receipts(order_id: str) -> int:
+    with shop.reliable.database.engine.connect() as conn:
+        query = select(func.count()).where(shop.Receipt.order_id == order_id)
+        return int(conn.execute(query).scalar_one())
+
+
+def wait_for_receipt(order_id: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while receipts(order_id) == 0:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"demo: no receipt for {order_id}")
+        time.sleep(0.05)
 
 
 def wait_state(result: Any, states: set[str], timeout: float = 30) -> str:
@@ -59,14 +73,21 @@ def main() -> int:
         shop.app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="ERROR"
     ):
         order = f"order-{run}-1"
+        shop.place_order(order, 4200)
+        published = shop.reliable.relay.drain()  # what `reliable relay` does all the time
+        wait_for_receipt(order)
+        say(
+            f"1. {order} placed: the order and its receipt message committed together; "
+            f"the relay published {published} message -> receipts: {receipts(order)}"
+        )
         headers = {MESSAGE_ID_HEADER: f"{order}-charge"}
         first = shop.charge.apply_async((order, 4200), headers=headers)
-        say(f"1. charge {order}: {first.get(timeout=30)} -> payments: {payments(order)}")
+        say(f"2. charge {order}: {first.get(timeout=30)} -> payments: {payments(order)}")
 
         again = shop.charge.apply_async((order, 4200), headers=headers)
         state = wait_state(again, {DUPLICATE, "SUCCESS", "FAILURE"})
         say(
-            f"2. the same charge delivered again (message id {order}-charge): state {state}, "
+            f"3. the same charge delivered again (message id {order}-charge): state {state}, "
             f"original result {again.result} -> payments still: {payments(order)}"
         )
 
@@ -78,7 +99,7 @@ def main() -> int:
         value = result.get(timeout=30)
         row = shop.reliable.store.get_status(f"{flaky}-charge", "shop.charge-card")
         say(
-            f"3. {flaky}: card declined once inside the transaction (rolled back), retried: "
+            f"4. {flaky}: card declined once inside the transaction (rolled back), retried: "
             f"{value} after {row.attempts if row else '?'} attempts -> payments: {payments(flaky)}"
         )
 
@@ -87,14 +108,29 @@ def main() -> int:
         result = shop.charge.apply_async(
             (doomed, 500), headers={MESSAGE_ID_HEADER: f"{doomed}-charge"}
         )
-        wait_state(result, {"FAILURE"})
-        row = shop.reliable.store.get_status(f"{doomed}-charge", "shop.charge-card")
+        wait_state(result, {DEAD_LETTERED})
+        entry = shop.reliable.dead_letters.get(result.info["dead_letter_id"])
+        assert entry is not None
         say(
-            f"4. {doomed}: declined every time -> {row.status.value if row else '?'} after "
-            f"{row.attempts if row else '?'} attempts (reliable_max_attempts=3), "
-            f"payments: {payments(doomed)}; {type(result.result).__name__}: {result.result}"
+            f"5. {doomed}: declined every time -> {DEAD_LETTERED} after {entry.attempts} runs "
+            f"(payment-retry: 2 retries), dead-letter entry {entry.id}: {entry.reason.value}, "
+            f"{entry.exception_type}: {entry.exception_message} -> payments: {payments(doomed)}"
         )
-    ok = payments(order) == 1 and payments(flaky) == 1 and payments(doomed) == 0
+
+        shop.FAILURES.pop(doomed)  # the payment provider is fixed
+        replay_id = shop.reliable.dead_letters.replay(entry.id)
+        shop.reliable.relay.drain()  # what `celery -A workers.shop reliable relay` does
+        replayed = shop.app.AsyncResult(replay_id)
+        say(
+            f"6. after the fix, `reliable dlq replay {entry.id}` + relay: "
+            f"{replayed.get(timeout=30)} -> payments: {payments(doomed)}"
+        )
+    ok = (
+        receipts(order) == 1
+        and payments(order) == 1
+        and payments(flaky) == 1
+        and payments(doomed) == 1
+    )
     say("\nexactly-once effects held" if ok else "\nUNEXPECTED: effects were not exactly once")
     return 0 if ok else 1
 

@@ -1,9 +1,15 @@
 """A small shop whose payments must happen exactly once.
 
-Run it for real with a worker (the embedded default needs no server):
+An order is written with SQLAlchemy and, in the same transaction, its receipt is enqueued
+through the outbox; a relay publishes it after the commit. Charging a card runs under a
+retry policy and ends in the dead-letter store when it never succeeds.
+
+Run it for real (the embedded default needs no server):
 
     celery -A workers.shop reliable db upgrade
-    celery -A workers.shop worker --loglevel=INFO
+    celery -A workers.shop worker --loglevel=INFO     # runs the tasks
+    celery -A workers.shop reliable relay             # publishes what the outbox holds
+    celery -A workers.shop beat                       # cleanup and stuck recovery
 
 ``CELERY_BROKER_URL`` and ``RELIABLE_DATABASE_URL`` switch it to Redis/RabbitMQ and
 PostgreSQL/MySQL, e.g. ``redis://127.0.0.1:6379/0`` and
@@ -17,9 +23,9 @@ from pathlib import Path
 
 from celery import Celery
 from sqlalchemy import Integer, String
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from celery_reliable import Reliable, ReliableTask
+from celery_reliable import Reliable, ReliableTask, RetryPolicy
 
 BROKER_DIR = Path(os.environ.get("SHOP_BROKER_DIR", ".broker"))
 
@@ -33,7 +39,7 @@ def _config() -> dict[str, object]:
             "CELERY_RESULT_BACKEND", f"file://{BROKER_DIR.resolve()}/results"
         ),
         "broker_connection_retry_on_startup": True,
-        "reliable_max_attempts": 3,
+        "reliable_max_attempts": 5,
     }
     if os.environ.get("RELIABLE_DATABASE_URL"):
         config["reliable_database_url"] = os.environ["RELIABLE_DATABASE_URL"]
@@ -55,10 +61,28 @@ def _config() -> dict[str, object]:
 app = Celery("shop")
 app.conf.update(_config())
 reliable = Reliable(app)
+# Two retries, 0.2 s then about 0.4 s apart; then the message is dead-lettered.
+reliable.retry_policies["payment-retry"] = RetryPolicy.exponential(
+    max_retries=2, base_delay=0.2, max_delay=1
+)
 
 
 class Base(DeclarativeBase):
     pass
+
+
+class Order(Base):
+    __tablename__ = "shop_order"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    amount_cents: Mapped[int] = mapped_column(Integer)
+
+
+class Receipt(Base):
+    """One row per receipt sent; a duplicate would show as a second row."""
+
+    __tablename__ = "shop_receipt"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    order_id: Mapped[str] = mapped_column(String(64))
 
 
 class Payment(Base):
@@ -84,13 +108,37 @@ class CardDeclined(Exception):
     """The payment provider said no (the demo injects it)."""
 
 
-@app.task(base=ReliableTask, bind=True, handler_key="shop.charge-card", max_retries=5)
+@app.task(
+    base=ReliableTask, bind=True, handler_key="shop.charge-card", retry_policy="payment-retry"
+)
 def charge(self: ReliableTask, order_id: str, amount_cents: int) -> dict[str, object]:
     """Record the payment; the row and the 'done' mark commit together or not at all."""
     with self.transaction() as session:
         session.add(Payment(order_id=order_id, amount_cents=amount_cents))
         if FAILURES.get(order_id, 0) > 0:
             FAILURES[order_id] -= 1
-            # Raised inside the transaction: the payment row above is rolled back.
-            raise self.retry(exc=CardDeclined(order_id), countdown=0.2)
+            # Raised inside the transaction: the payment row above is rolled back, and the
+            # retry policy decides what happens next.
+            raise CardDeclined(order_id)
     return {"order_id": order_id, "charged": amount_cents}
+
+
+@app.task(base=ReliableTask, bind=True, handler_key="shop.send-receipt")
+def send_receipt(self: ReliableTask, order_id: str) -> str:
+    """Record the receipt (an email in real life: pass the message id as idempotency key)."""
+    with self.transaction() as session:
+        session.add(Receipt(order_id=order_id))
+    return f"receipt for {order_id}"
+
+
+def place_order(order_id: str, amount_cents: int) -> str:
+    """The web request: the order and its receipt message commit together, or neither.
+
+    Returns the receipt's message id. Nothing reaches the broker until a relay publishes
+    the committed row, so a rolled-back order never sends a receipt.
+    """
+    with Session(reliable.database.engine) as session, session.begin():
+        session.add(Order(id=order_id, amount_cents=amount_cents))
+        return reliable.outbox.enqueue(
+            session, send_receipt.s(order_id), message_id=f"{order_id}-receipt"
+        )

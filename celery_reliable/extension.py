@@ -248,8 +248,11 @@ class Reliable:
     def check_schema(self) -> None:
         """Refuse a store whose schema is behind the package (a worker would defer everything).
 
-        An unreachable store is not refused: the worker starts and defers messages until
-        the store is back, as it would if the store went away later.
+        A store already migrated by a newer release is accepted: during a rolling
+        deployment the schema is upgraded first, and old workers must keep starting until
+        they are replaced (migrations only add, see docs/deployment.md). An unreachable
+        store is not refused either: the worker starts and defers messages until the store
+        is back, as it would if the store went away later.
         """
         try:
             current = migrate.current(self.database, self.tables)
@@ -257,7 +260,14 @@ class Reliable:
             logger.warning("reliable store unreachable at start-up: %s", exc)
             return
         head = migrate.head(self.database, self.tables)
-        if current != head:
+        if current is not None and not migrate.ships(self.database, self.tables, current):
+            logger.warning(
+                "reliable store at schema revision %s, newer than this version's %s: "
+                "starting anyway (a rolling deployment in progress?)",
+                current,
+                head,
+            )
+        elif current != head:
             url = self.database.url.render_as_string(hide_password=True)
             raise ConfigurationError(
                 f"the reliable store {url} is at schema revision {current or 'none'}, this "

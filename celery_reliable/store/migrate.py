@@ -40,3 +40,9 @@ def current(database: Database, tables: Tables) -> str | None:
 def head(database: Database, tables: Tables) -> str | None:
     """The newest shipped revision."""
     return ScriptDirectory.from_config(_config(database, tables)).get_current_head()
+
+
+def ships(database: Database, tables: Tables, revision: str) -> bool:
+    """Whether this package ships ``revision``; a newer release's revision is unknown here."""
+    script = ScriptDirectory.from_config(_config(database, tables))
+    return revision in {rev.revision for rev in script.walk_revisions()}

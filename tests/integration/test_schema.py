@@ -1,10 +1,13 @@
 """The schema built by the shipped migrations is exactly the declared one, on every database."""
 
+import logging
+
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import column, inspect, table
 
-from celery_reliable import Reliable
+from celery_reliable import ConfigurationError, Reliable
 from celery_reliable.store import migrate
 from tests.support import make_app
 
@@ -41,3 +44,27 @@ def test_upgrade_is_idempotent_and_prefixes_keep_stores_apart(db_url, table_pref
     assert {f"{table_prefix}inbox_status", f"{other_prefix}inbox_status"} <= names
     for ext in (first, second):
         ext.database.dispose()
+
+
+def _stamp(ext: Reliable, revision: str) -> None:
+    """Set the store's recorded revision, as another release's `db upgrade` would leave it."""
+    with ext.database.engine.begin() as conn:
+        version = table(ext.tables.version_table, column("version_num"))
+        conn.execute(version.update().values(version_num=revision))
+
+
+def test_a_store_behind_is_refused_but_one_ahead_is_accepted(db_url, table_prefix, caplog):
+    ext = Reliable.of(make_app("memory://", db_url, table_prefix))
+    ext.create_schema()
+    ext.check_schema()  # at head: fine
+
+    _stamp(ext, "0001")  # an older store: this worker would defer everything
+    with pytest.raises(ConfigurationError, match=r"schema revision 0001.*reliable db upgrade"):
+        ext.check_schema()
+
+    # A newer release migrated first (rolling deployment): this older worker still starts.
+    _stamp(ext, "9999_from_a_newer_release")
+    with caplog.at_level(logging.WARNING, logger="celery_reliable.extension"):
+        ext.check_schema()
+    assert "newer than this version's" in caplog.text
+    ext.database.dispose()

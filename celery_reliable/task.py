@@ -129,6 +129,18 @@ class ReliableTask(Task):  # type: ignore[misc]
             return super().__call__(*args, **kwargs)
         return self._run_reliably(request, args, kwargs)
 
+    @property
+    def message_id(self) -> str | None:
+        """The current run's message id; None when the task is called as a plain function.
+
+        Pass it as the idempotency key of calls to outside services (a payment provider, a
+        mailer): a redelivery that runs again after a crash then repeats the same request
+        instead of making a second one.
+        """
+        if self.request.id is None:
+            return None
+        return message_id_from(self.request.id, self.request.headers or {})
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """A Session on the reliable store whose commit carries the inbox completion mark.

@@ -119,6 +119,10 @@ def define_tasks(h: Harness) -> None:
         h.ran("flaky")
         raise self.retry(countdown=0.05)
 
+    @app.task(base=ReliableTask, bind=True, shared=False, name="whoami")
+    def whoami(self):
+        return self.message_id
+
     @app.task(base=ReliableTask, bind=True, shared=False, name="slow")
     def slow(self):
         h.ran("slow")
@@ -243,6 +247,16 @@ def test_called_as_a_function_the_task_is_plain_code(h):
         inbox_status = h.reliable.tables.inbox_status
         query = select(func.count()).where(inbox_status.c.message_id.is_(None))
         assert conn.execute(query).scalar() == 0
+
+
+def test_the_body_sees_its_message_id_to_pass_on_as_an_idempotency_key(h):
+    whoami = h.app.tasks["whoami"]
+    assert get(whoami.apply_async(headers={MESSAGE_ID_HEADER: "order-9-charge"})) == (
+        "order-9-charge"
+    )
+    plain = whoami.delay()
+    assert get(plain) == plain.id  # without a business key, the task id
+    assert whoami() is None  # called as a function: there is no message
 
 
 def test_attempts_are_capped_by_max_attempts_and_the_message_is_dead_lettered(h):

@@ -99,7 +99,8 @@ def main() -> int:
         value = result.get(timeout=30)
         row = shop.reliable.store.get_status(f"{flaky}-charge", "shop.charge-card")
         say(
-            f"4. {flaky}: card declined once inside the transaction (rolled back), retried: "
+            f"4. {flaky}: payment provider down once, inside the transaction (rolled back), "
+            f"retried: "
             f"{value} after {row.attempts if row else '?'} attempts -> payments: {payments(flaky)}"
         )
 
@@ -112,17 +113,30 @@ def main() -> int:
         entry = shop.reliable.dead_letters.get(result.info["dead_letter_id"])
         assert entry is not None
         say(
-            f"5. {doomed}: declined every time -> {DEAD_LETTERED} after {entry.attempts} runs "
+            f"5. {doomed}: provider down every time -> {DEAD_LETTERED} after {entry.attempts} runs "
             f"(payment-retry: 2 retries), dead-letter entry {entry.id}: {entry.reason.value}, "
             f"{entry.exception_type}: {entry.exception_message} -> payments: {payments(doomed)}"
         )
 
-        shop.FAILURES.pop(doomed)  # the payment provider is fixed
+        declined = f"order-{run}-4"
+        result = shop.charge.apply_async(
+            (declined, 0), headers={MESSAGE_ID_HEADER: f"{declined}-charge"}
+        )
+        wait_state(result, {DEAD_LETTERED})
+        refused = shop.reliable.dead_letters.get(result.info["dead_letter_id"])
+        assert refused is not None
+        say(
+            f"6. {declined}: card declined (a poison exception) -> {DEAD_LETTERED} after "
+            f"{refused.attempts} run, no retries: {refused.reason.value}; the circuit breaker "
+            f"stays {shop.reliable.breakers.states()['payment-provider']}"
+        )
+
+        shop.FAILURES.pop(doomed)  # the payment provider is back
         replay_id = shop.reliable.dead_letters.replay(entry.id)
         shop.reliable.relay.drain()  # what `celery -A workers.shop reliable relay` does
         replayed = shop.app.AsyncResult(replay_id)
         say(
-            f"6. after the fix, `reliable dlq replay {entry.id}` + relay: "
+            f"7. after the fix, `reliable dlq replay {entry.id}` + relay: "
             f"{replayed.get(timeout=30)} -> payments: {payments(doomed)}"
         )
     ok = (
@@ -130,6 +144,7 @@ def main() -> int:
         and payments(order) == 1
         and payments(flaky) == 1
         and payments(doomed) == 1
+        and payments(declined) == 0
     )
     say("\nexactly-once effects held" if ok else "\nUNEXPECTED: effects were not exactly once")
     return 0 if ok else 1

@@ -1,15 +1,18 @@
 """A small shop whose payments must happen exactly once.
 
 An order is written with SQLAlchemy and, in the same transaction, its receipt is enqueued
-through the outbox; a relay publishes it after the commit. Charging a card runs under a
-retry policy and ends in the dead-letter store when it never succeeds.
+through the outbox; a relay publishes it after the commit. Charging a card runs behind a
+circuit breaker (an outage of the payment provider stops the charges instead of burning
+their retries) and under a retry policy; a charge that never succeeds ends in the
+dead-letter store, and a declined card is dead-lettered at once (retrying cannot help).
 
-Run it for real (the embedded default needs no server):
+Run it for real (the embedded default needs no server), from the repository's root:
 
     celery -A workers.shop reliable db upgrade
     celery -A workers.shop worker --loglevel=INFO     # runs the tasks
     celery -A workers.shop reliable relay             # publishes what the outbox holds
     celery -A workers.shop beat                       # cleanup and stuck recovery
+    python -m workers.shop order-1 4200               # places an order (and its receipt)
 
 ``CELERY_BROKER_URL`` and ``RELIABLE_DATABASE_URL`` switch it to Redis/RabbitMQ and
 PostgreSQL/MySQL, e.g. ``redis://127.0.0.1:6379/0`` and
@@ -19,6 +22,7 @@ PostgreSQL/MySQL, e.g. ``redis://127.0.0.1:6379/0`` and
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from celery import Celery
@@ -100,26 +104,45 @@ def create_tables() -> None:
     Base.metadata.create_all(reliable.database.engine)
 
 
-#: Failures the demo injects: order id -> how many runs should still fail.
+#: Outages the demo injects: order id -> how many runs should still find the provider down.
 FAILURES: dict[str, int] = {}
 
 
+class ProviderUnavailable(Exception):
+    """The payment provider did not answer (the demo injects it): worth retrying."""
+
+
 class CardDeclined(Exception):
-    """The payment provider said no (the demo injects it)."""
+    """The provider answered no: retrying cannot help, and the provider is not at fault."""
+
+
+# Five outages in a row open the breaker for every worker (shared through Redis when
+# `reliable_redis_url` is set); charges then wait instead of failing, and after 30 s one
+# charge probes the provider. A declined card is an answer, so it does not count.
+reliable.breakers.configure(
+    "payment-provider", failure_threshold=5, reset_timeout=30, exclude=[CardDeclined]
+)
 
 
 @app.task(
-    base=ReliableTask, bind=True, handler_key="shop.charge-card", retry_policy="payment-retry"
+    base=ReliableTask,
+    bind=True,
+    handler_key="shop.charge-card",
+    retry_policy="payment-retry",
+    circuit_breaker="payment-provider",
+    poison_exceptions=(CardDeclined,),
 )
 def charge(self: ReliableTask, order_id: str, amount_cents: int) -> dict[str, object]:
     """Record the payment; the row and the 'done' mark commit together or not at all."""
     with self.transaction() as session:
         session.add(Payment(order_id=order_id, amount_cents=amount_cents))
+        if amount_cents <= 0:
+            raise CardDeclined(f"{order_id}: amount {amount_cents} declined")
         if FAILURES.get(order_id, 0) > 0:
             FAILURES[order_id] -= 1
             # Raised inside the transaction: the payment row above is rolled back, and the
             # retry policy decides what happens next.
-            raise CardDeclined(order_id)
+            raise ProviderUnavailable(order_id)
     return {"order_id": order_id, "charged": amount_cents}
 
 
@@ -142,3 +165,22 @@ def place_order(order_id: str, amount_cents: int) -> str:
         return reliable.outbox.enqueue(
             session, send_receipt.s(order_id), message_id=f"{order_id}-receipt"
         )
+
+
+def main(argv: list[str]) -> int:
+    """``python -m workers.shop ORDER_ID AMOUNT_CENTS``: what a web request would do."""
+    if len(argv) != 2 or not argv[1].isdigit():
+        print("usage: python -m workers.shop ORDER_ID AMOUNT_CENTS", file=sys.stderr)
+        return 2
+    Base.metadata.create_all(reliable.database.engine)  # the shop's own tables, if missing
+    message_id = place_order(argv[0], int(argv[1]))
+    print(f"order {argv[0]} placed; receipt message {message_id} waits for the relay")
+    return 0
+
+
+if __name__ == "__main__":
+    # Run with -m, this file is ``__main__`` and its tasks would be named ``__main__.*``;
+    # the workers know them as ``workers.shop.*``, so use the imported module's objects.
+    from workers.shop import main as shop_main
+
+    sys.exit(shop_main(sys.argv[1:]))

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 CLEANUP_TASK = "celery_reliable.cleanup"
 RECOVER_TASK = "celery_reliable.recover_stuck"
 _OFF = timedelta(hours=1)  # how often beat looks again at a switched-off entry
+#: When this process's beat first evaluated each (app name, setting) entry.
+_FIRST_LOOKS: dict[tuple[str | None, str], datetime] = {}
 
 
 class SettingSchedule(schedule):  # type: ignore[misc]
@@ -31,7 +33,6 @@ class SettingSchedule(schedule):  # type: ignore[misc]
     ) -> None:
         self.setting = setting
         self.app_name = app_name or (app.main if app is not None else None)
-        self._looked = False
         super().__init__(run_every=_OFF, app=app)
 
     def _reliable(self) -> Reliable:
@@ -52,12 +53,23 @@ class SettingSchedule(schedule):  # type: ignore[misc]
         return value
 
     def is_due(self, last_run_at: datetime) -> schedstate:
+        """Due every interval, and at once when beat starts unless told to wait.
+
+        "At once" means: the entry has not run since this process first looked at it.
+        Beat asks once while building its heap and again when the entry comes up, so a
+        flag set on the first question would be spent before anything runs; and beat may
+        rebuild entries from ``beat_schedule``, so the first look is kept per process.
+        """
         interval = self._interval()
         if interval is None:
             return schedstate(False, _OFF.total_seconds())
         self.run_every = interval
-        first, self._looked = not self._looked, True
-        if first and not self._reliable().settings.maintenance_first_run_waits:
+        key = (self.app_name, self.setting)
+        first_look = _FIRST_LOOKS.setdefault(key, self.now())
+        if (
+            not self._reliable().settings.maintenance_first_run_waits
+            and self.maybe_make_aware(last_run_at) < first_look
+        ):
             return schedstate(True, interval.total_seconds())
         return super().is_due(last_run_at)
 

@@ -1,0 +1,140 @@
+"""The README's production-style commands for the example shop, each in its own process.
+
+`db upgrade`, a worker, a relay and beat run as a new user would start them, on the
+embedded default (SQLite store, a broker in a folder); an order placed from the command
+line reaches the worker through the outbox and the relay, exactly once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from tests.support import ROOT, WorkerProcess, wait_for
+
+from .test_flower import free_port
+
+SHOP = "workers.shop"
+
+
+@pytest.fixture
+def shop_env(tmp_path: Path) -> dict[str, str]:
+    """Environment that keeps the shop's broker folder and store inside ``tmp_path``."""
+    return {
+        "SHOP_BROKER_DIR": str(tmp_path / "broker"),
+        "RELIABLE_DATABASE_URL": f"sqlite:///{tmp_path / 'shop.sqlite3'}",
+        "CELERY_BROKER_URL": "filesystem://",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def run(env: dict[str, str], *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def receipts(env: dict[str, str], order_id: str) -> int:
+    engine = create_engine(env["RELIABLE_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT count(*) FROM shop_receipt WHERE order_id = :o")
+            return int(conn.execute(query, {"o": order_id}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_worker_relay_and_beat_as_separate_processes(shop_env: dict[str, str], tmp_path: Path):
+    assert "store at revision" in run(
+        shop_env, "-m", "celery", "-A", SHOP, "reliable", "db", "upgrade"
+    )
+    processes = [
+        WorkerProcess(
+            ["-A", SHOP, "worker", "--loglevel=INFO", "-P", "threads"],
+            shop_env,
+            tmp_path / "worker.log",
+        ),
+        WorkerProcess(["-A", SHOP, "reliable", "relay"], shop_env, tmp_path / "relay.log"),
+        WorkerProcess(
+            ["-A", SHOP, "beat", "--loglevel=INFO", f"--schedule={tmp_path / 'schedule'}"],
+            shop_env,
+            tmp_path / "beat.log",
+        ),
+    ]
+    worker, relay, _ = processes
+    try:
+        placed = run(shop_env, "-m", SHOP, "order-1", "4200")
+        assert "order order-1 placed" in placed
+        wait_for(lambda: receipts(shop_env, "order-1") == 1, 60, 0.1, what="the receipt")
+        # Both jobs run as soon as beat starts, long before their intervals (1 h, 1 min).
+        for job in ("cleanup", "recover_stuck"):
+            ran = re.compile(rf"Task celery_reliable\.{job}\[[^]]+\] succeeded")
+            wait_for(lambda r=ran: r.search(worker.output()), 30, 0.2, what=f"beat's {job} run")
+        for process in processes:
+            assert process.proc.poll() is None, process.output()
+    finally:
+        for process in processes:
+            process.stop()
+    assert receipts(shop_env, "order-1") == 1  # exactly once
+    assert relay.proc.returncode == 0, relay.output()  # SIGTERM: finished its batch, exited
+
+
+def test_a_bad_order_command_says_how_to_use_it(shop_env: dict[str, str]):
+    result = subprocess.run(
+        [sys.executable, "-m", SHOP, "order-1", "lots"],
+        cwd=ROOT,
+        env={**os.environ, **shop_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "usage: python -m workers.shop ORDER_ID AMOUNT_CENTS" in result.stderr
+
+
+def test_flower_with_the_dead_letters_page_starts_as_the_readme_says(
+    shop_env: dict[str, str], tmp_path: Path
+):
+    run(shop_env, "-m", "celery", "-A", SHOP, "reliable", "db", "upgrade")
+    port = free_port()
+    flower = WorkerProcess(
+        [
+            "-A",
+            SHOP,
+            "reliable",
+            "flower",
+            "--address=127.0.0.1",
+            "--dead-letters-allow-unauthenticated",
+            f"--port={port}",
+        ],
+        shop_env,
+        tmp_path / "flower.log",
+    )
+
+    def page() -> str | None:
+        assert flower.proc.poll() is None, flower.output()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/dead-letters", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            return None
+
+    try:
+        html = wait_for(page, 60, 0.2, what="Flower's Dead Letters page")
+    finally:
+        flower.stop()
+    assert "<title>Dead letters · Flower</title>" in html

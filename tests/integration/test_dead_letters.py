@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import itertools
+import time
 from datetime import timedelta
 
 import pytest
@@ -187,11 +187,14 @@ def test_replay_batch_rate_limit_spaces_the_replays(reliable):
     dl = reliable.dead_letters
     for n in range(1, 4):
         dl.add(message(n), "MaxRetriesExceeded", detail="x")
+    started = time.monotonic()
     assert dl.replay_batch(rate_limit=20) == 3
-    replayed_at = sorted(e.replayed_at for e in dl.list())
-    # 20 per second: consecutive replays at least ~50 ms apart (lower bound only).
-    gaps = [b - a for a, b in itertools.pairwise(replayed_at)]
-    assert all(gap >= timedelta(milliseconds=40) for gap in gaps), gaps
+    elapsed = time.monotonic() - started
+    # 20 per second: the three replays start 50 ms apart, so the batch takes at least
+    # 100 ms. Only a lower bound: a loaded machine makes it slower, never faster. (Gaps
+    # between the recorded replay times are not a bound: each replay takes its own time.)
+    assert elapsed >= 0.1, elapsed
+    assert all(e.replay_count == 1 for e in dl.list())
 
 
 def test_purge_and_delete(reliable):

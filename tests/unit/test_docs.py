@@ -11,7 +11,10 @@ from tests.support import ROOT
 
 def test_configuration_reference_is_current():
     result = subprocess.run(
-        [sys.executable, "docs/generate_configuration.py", "--check"], cwd=ROOT, check=False
+        [sys.executable, "docs/generate_configuration.py", "--check"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's settings, not another
+        check=False,
     )
     assert result.returncode == 0, "run: python docs/generate_configuration.py"
 

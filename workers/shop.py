@@ -51,12 +51,13 @@ def _config() -> dict[str, object]:
         # kombu's filesystem transport: a broker in a folder, for one host and no server
         # (with atomic publishing, see workers/fs_broker.py).
         config["broker_transport"] = "workers.fs_broker:Transport"
-        for sub in ("queue", "processed"):
+        for sub in ("queue", "control"):
             (BROKER_DIR / sub).mkdir(parents=True, exist_ok=True)
         config["broker_transport_options"] = {
             "data_folder_in": str(BROKER_DIR / "queue"),
             "data_folder_out": str(BROKER_DIR / "queue"),
-            "data_folder_processed": str(BROKER_DIR / "processed"),
+            # Fanout exchanges (remote control, events); kombu's default is ./control.
+            "control_folder": str(BROKER_DIR / "control"),
             "polling_interval": 0.05,
         }
     return config

@@ -90,6 +90,7 @@ def test_worker_relay_and_beat_as_separate_processes(shop_env: dict[str, str], t
         for process in processes:
             process.stop()
     assert receipts(shop_env, "order-1") == 1  # exactly once
+    assert not (ROOT / "control").exists()  # the broker stays in its folder, not the checkout
     assert relay.proc.returncode == 0, relay.output()  # SIGTERM: finished its batch, exited
 
 

@@ -279,8 +279,8 @@ class Settings:
     unhealthy_after: timedelta = _setting(
         timedelta(minutes=2),
         parse_duration,
-        "`reliable health` fails when this host's relay loop has not completed a cycle for "
-        "this long, or the outbox's oldest due row has waited this long.",
+        "`reliable health --ready` fails when this host's relay loop has not completed a cycle "
+        "for this long, or the outbox's oldest due row has waited this long.",
     )
     dead_letter_degraded_depth: int = _setting(
         100,
@@ -291,7 +291,7 @@ class Settings:
     health_directory: str | None = _setting(
         None,
         _optional_path,
-        "Where relays leave their heartbeat file for `reliable health` on the same host. "
+        "Where relays leave their heartbeat file for `reliable health --live` on the same host. "
         "Unset: the system's temporary directory.",
     )
     lock_provider: str = _setting(

@@ -23,7 +23,12 @@ os.chdir(WORKDIR)  # the embedded default store is a SQLite file in the working 
 from celery.contrib.testing.worker import start_worker  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from celery_reliable import DEAD_LETTERED, DUPLICATE, MESSAGE_ID_HEADER  # noqa: E402
+from celery_reliable import (  # noqa: E402
+    DEAD_LETTERED,
+    DUPLICATE,
+    MESSAGE_ID_HEADER,
+    DeadLetter,
+)
 
 from . import shop  # noqa: E402
 
@@ -59,6 +64,17 @@ def wait_state(result: Any, states: set[str], timeout: float = 30) -> str:
             raise SystemExit(f"demo: task {result.id} stuck in {result.state}")
         time.sleep(0.05)
     return str(result.state)
+
+
+def charge_until_dead_lettered(order_id: str, amount_cents: int) -> DeadLetter:
+    """Send a charge that is bound to fail, and return the dead-letter entry it ends in."""
+    result = shop.charge.apply_async(
+        (order_id, amount_cents), headers={MESSAGE_ID_HEADER: f"{order_id}-charge"}
+    )
+    wait_state(result, {DEAD_LETTERED})
+    entry = shop.reliable.dead_letters.get(result.info["dead_letter_id"])
+    assert entry is not None
+    return entry
 
 
 def main() -> int:
@@ -106,12 +122,7 @@ def main() -> int:
 
         doomed = f"order-{run}-3"
         shop.FAILURES[doomed] = 99
-        result = shop.charge.apply_async(
-            (doomed, 500), headers={MESSAGE_ID_HEADER: f"{doomed}-charge"}
-        )
-        wait_state(result, {DEAD_LETTERED})
-        entry = shop.reliable.dead_letters.get(result.info["dead_letter_id"])
-        assert entry is not None
+        entry = charge_until_dead_lettered(doomed, 500)
         say(
             f"5. {doomed}: provider down every time -> {DEAD_LETTERED} after {entry.attempts} runs "
             f"(payment-retry: 2 retries), dead-letter entry {entry.id}: {entry.reason.value}, "
@@ -119,12 +130,7 @@ def main() -> int:
         )
 
         declined = f"order-{run}-4"
-        result = shop.charge.apply_async(
-            (declined, 0), headers={MESSAGE_ID_HEADER: f"{declined}-charge"}
-        )
-        wait_state(result, {DEAD_LETTERED})
-        refused = shop.reliable.dead_letters.get(result.info["dead_letter_id"])
-        assert refused is not None
+        refused = charge_until_dead_lettered(declined, 0)
         say(
             f"6. {declined}: card declined (a poison exception) -> {DEAD_LETTERED} after "
             f"{refused.attempts} run, no retries: {refused.reason.value}; the circuit breaker "

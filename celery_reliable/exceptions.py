@@ -35,6 +35,20 @@ class StoreUnavailable(ReliableError):
     """The reliable store could not be reached or failed transiently; the message is deferred."""
 
 
+class ClaimUncertain(StoreUnavailable):
+    """The store failed while a claim was being written: it may or may not have committed.
+
+    ``version`` is what the claim holds if it did. The deferred copy of the message carries
+    it, so it can take that claim over at once instead of waiting out the lease (the claim
+    looks like a live run's). Should the claim not have committed and another delivery hold
+    that version, fencing lets only one of the two runs commit: the effect stays single.
+    """
+
+    def __init__(self, message: str, *, version: int) -> None:
+        super().__init__(message)
+        self.version = version
+
+
 class EnqueueError(ReliableError, ValueError):
     """The message cannot be put in the outbox; nothing was written."""
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import enum
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from kombu.utils import json as kombu_json
 
-from .exceptions import LostOwnership, ReliableError, StoreUnavailable
+from .exceptions import ClaimUncertain, LostOwnership, ReliableError, StoreUnavailable
 from .store.base import InboxStore, Status, StatusRow
 
 logger = logging.getLogger(__name__)
@@ -132,7 +133,9 @@ class Inbox:
             return Claim(Outcome.DUPLICATE, message_id, handler_key, result=done.result)
         for _ in range(_CLAIM_RACES):
             now = utcnow()
-            if self.store.insert_claim(message_id, handler_key, task_name, now, owner):
+            with self._uncertain(message_id, version=1):
+                inserted = self.store.insert_claim(message_id, handler_key, task_name, now, owner)
+            if inserted:
                 return Claim(Outcome.RUN, message_id, handler_key, attempts=1, version=1)
             row = self.store.get_status(message_id, handler_key)
             if row is None:  # removed between the two statements (retention): insert again
@@ -180,11 +183,23 @@ class Inbox:
             return Claim(
                 Outcome.EXHAUSTED, message_id, handler_key, row.attempts, version=row.version
             )
-        if self.store.take_over(message_id, handler_key, row.version, now, owner):
+        with self._uncertain(message_id, version=row.version + 1):
+            taken = self.store.take_over(message_id, handler_key, row.version, now, owner)
+        if taken:
             return Claim(
                 Outcome.RUN, message_id, handler_key, row.attempts + 1, version=row.version + 1
             )
         return None
+
+    @contextmanager
+    def _uncertain(self, message_id: str, *, version: int) -> Iterator[None]:
+        """Turn a store failure during a claim write into ClaimUncertain(version)."""
+        try:
+            yield
+        except self.store.failures as exc:
+            raise ClaimUncertain(
+                f"store failed while claiming {message_id!r}: {exc}", version=version
+            ) from exc
 
     def complete(self, claim: Claim, result: Any = None, *, connection: Any = None) -> None:
         """Mark the claim completed (in ``connection``'s transaction when given).

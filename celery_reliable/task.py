@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from .classify import resolve
 from .dead_letters import DeadLetterReason
 from .exceptions import (
+    ClaimUncertain,
     ConfigurationError,
     LostOwnership,
     StoreUnavailable,
@@ -219,6 +220,8 @@ class ReliableTask(Task):  # type: ignore[misc]
                 legacy_keys=keys[1:],
                 resumes_version=headers.get(RESUMES_HEADER),
             )
+        except ClaimUncertain as exc:  # the claim may have committed: its copy may resume it
+            run.defer(exc.version, reason=str(exc))
         except DBAPIError as exc:
             run.defer(None, reason=f"store unavailable while claiming: {exc}")
         if claim.outcome is Outcome.DUPLICATE:

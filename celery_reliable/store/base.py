@@ -39,6 +39,9 @@ class StatusRow:
 class InboxStore(Protocol):
     """Row operations of the inbox. ``connection`` lets a write join the caller's transaction."""
 
+    #: What a write raises when the store failed under it (it may or may not have committed).
+    failures: tuple[type[BaseException], ...]
+
     def insert_claim(
         self, message_id: str, handler_key: str, task_name: str, now: datetime, owner: str
     ) -> bool:

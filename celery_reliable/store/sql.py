@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Insert, bindparam, case, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
 
 from .base import Status, StatusRow
 from .database import Database
@@ -21,6 +22,8 @@ from .tables import Tables
 
 class SqlStore:
     """Inbox rows in a SQL database."""
+
+    failures: tuple[type[BaseException], ...] = (DBAPIError,)
 
     def __init__(self, database: Database, tables: Tables) -> None:
         self.database = database

@@ -10,6 +10,7 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
+from sqlalchemy.exc import OperationalError
 
 from celery_reliable import DUPLICATE, MESSAGE_ID_HEADER, Reliable, ReliableTask
 from celery_reliable.states import DEAD_LETTERED
@@ -291,6 +292,31 @@ def test_a_lost_database_connection_mid_transaction_is_processed_later_exactly_o
     assert h.body_runs["cut"] == 2
     assert h.effect_rows() == [("cut", 1)]
     assert h.status("cut-1", "cut").attempts == 2
+
+
+def test_a_claim_that_committed_but_whose_answer_was_lost_resumes_at_once(h, monkeypatch):
+    """The link drops after the claim's commit: its copy takes the claim over, no lease wait.
+
+    The claim row looks like a live run's, so without the hint the copy would wait out
+    reliable_stuck_threshold (5 minutes here) before running.
+    """
+    store = h.reliable.inbox.store
+    real_insert = store.insert_claim
+    dropped: list[bool] = []
+
+    def insert_then_drop_the_link(*args, **kwargs):
+        inserted = real_insert(*args, **kwargs)
+        if not dropped:
+            dropped.append(inserted)
+            raise OperationalError("INSERT", {}, ConnectionResetError("link lost after commit"))
+        return inserted
+
+    monkeypatch.setattr(store, "insert_claim", insert_then_drop_the_link)
+    result = h.app.tasks["charge"].apply_async((5,), headers={MESSAGE_ID_HEADER: "uncertain-1"})
+    h.wait_completed("uncertain-1", "charge")  # 30 s at most: far from the 5-minute lease
+    assert dropped == [True]  # the first claim did commit
+    assert h.effect_rows() == [(result.id, 5)]
+    assert sum(h.body_runs.values()) == 1
 
 
 def test_a_claim_lost_by_the_store_is_processed_again_not_dropped(h):

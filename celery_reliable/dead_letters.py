@@ -26,7 +26,7 @@ from kombu.utils import json as kombu_json
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from .durations import parse_duration
+from .durations import ago, parse_duration
 from .exceptions import DeadLetterNotFound, InvalidArgument, ReliableError
 from .inbox import utcnow
 from .message import MESSAGE_ID_HEADER
@@ -585,7 +585,7 @@ class DeadLetters:
     def purge_older_than(self, age: timedelta | str | float) -> int:
         """Delete entries dead-lettered over ``age`` ago ('30d', a timedelta); return how many."""
         try:
-            cutoff = utcnow() - parse_duration(age)
+            cutoff = ago(parse_duration(age), utcnow())
         except ValueError as exc:
             raise InvalidArgument(f"purge_older_than: {exc}") from exc
         where = self.table.c.dead_lettered_at < cutoff

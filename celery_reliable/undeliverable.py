@@ -28,6 +28,10 @@ Hooks, all in the worker's main process, installed by one consumer bootstep
   ``revoked()`` announces and acknowledges the message. That covers both places Celery
   expires a message: on receipt, and when it leaves the ETA timer or the pool's queue.
   The ``task_revoked`` signal would be too late: it is sent after the acknowledgement.
+* invalid messages: each registered task's strategy is wrapped to check the message first
+  (:func:`task_message_problem`), and the handler ``create_task_handler`` returns is
+  wrapped too (:meth:`DeadLetterUndeliverable._guard`), so that what Celery would fail on
+  reaches ``on_invalid_task`` instead of stopping the consumer.
 """
 
 from __future__ import annotations

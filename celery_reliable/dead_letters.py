@@ -26,7 +26,7 @@ from kombu.utils import json as kombu_json
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
-from .durations import parse_duration
+from .durations import ago, parse_duration
 from .exceptions import DeadLetterNotFound, InvalidArgument, ReliableError
 from .inbox import utcnow
 from .message import MESSAGE_ID_HEADER
@@ -60,6 +60,21 @@ _PROTOCOL_HEADERS = frozenset(
         "stamped_headers",
         "stamps",
     }
+)
+#: The text columns of an entry (JSON columns are ASCII, escaped by the JSON encoder).
+_TEXT_COLUMNS = (
+    "message_id",
+    "task_id",
+    "task_name",
+    "handler_key",
+    "content_type",
+    "content_encoding",
+    "detector",
+    "exception_type",
+    "exception_message",
+    "traceback",
+    "failure_group",
+    "hostname",
 )
 #: celery_reliable's own bookkeeping headers, from the task pipeline.
 INTERNAL_HEADER_PREFIX = "reliable_"
@@ -204,6 +219,24 @@ def require_count(value: object, name: str) -> int:
     return value
 
 
+def storable(value: str | None, length: int | None = None) -> str | None:
+    """``value`` as every store accepts it: NUL and lone surrogates escaped, cut to ``length``.
+
+    Whatever a sender put in a header (a task name, a content type, an id) ends up in a text
+    column, and so do exception messages that quote it. PostgreSQL refuses a NUL character
+    in text, no driver can encode a lone surrogate (py-amqp decodes invalid UTF-8 in headers
+    into them), and the escapes make a value longer than its column may be. Each failure
+    would keep the message out of the store for good: the intake would take it for an
+    unreachable store and requeue it for ever.
+    """
+    if not isinstance(value, str):
+        return value
+    if "\x00" in value or not value.isascii():
+        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
+        value = value.replace("\x00", "\\x00")
+    return value if length is None else value[:length]
+
+
 def _json(value: Any) -> str | None:
     try:
         return None if value is None else str(kombu_json.dumps(value))  # type: ignore[no-untyped-call]
@@ -286,6 +319,8 @@ class DeadLetters:
             "hostname": message.hostname,
             "replay_count": 0,
         }
+        for name in _TEXT_COLUMNS:
+            row[name] = storable(row[name], getattr(self.table.c[name].type, "length", None))
         statement = insert(self.table).values(row)
         if connection is not None:
             entry_id = connection.execute(statement).inserted_primary_key[0]  # type: ignore[index]
@@ -550,7 +585,7 @@ class DeadLetters:
     def purge_older_than(self, age: timedelta | str | float) -> int:
         """Delete entries dead-lettered over ``age`` ago ('30d', a timedelta); return how many."""
         try:
-            cutoff = utcnow() - parse_duration(age)
+            cutoff = ago(parse_duration(age), utcnow())
         except ValueError as exc:
             raise InvalidArgument(f"purge_older_than: {exc}") from exc
         where = self.table.c.dead_lettered_at < cutoff

@@ -27,7 +27,22 @@ def parse_duration(value: object) -> timedelta:
         )
     if seconds <= 0:
         raise ValueError(f"{value!r} is not a positive duration")
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # past timedelta's 999,999,999 days: a ValueError like the rest
+        raise ValueError(f"{value!r} is too long a duration") from None
+
+
+def ago(duration: timedelta, now: datetime | None = None) -> datetime:
+    """The moment ``duration`` before ``now`` (default: now, UTC).
+
+    ValueError, not OverflowError, when that is before the year 1: an age typed on the
+    command line or the Flower page (``1000000d``) is then refused like any bad value.
+    """
+    try:
+        return (now or datetime.now(timezone.utc)) - duration
+    except OverflowError:
+        raise ValueError(f"{duration.days} days ago is before the year 1") from None
 
 
 def parse_seconds(value: object, *, allow_zero: bool = False) -> float:
@@ -53,7 +68,15 @@ def parse_moment(value: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         try:
-            return datetime.now(timezone.utc) - parse_duration(value)
+            age = parse_duration(value)
         except ValueError:
+            if _PATTERN.match(value):
+                raise  # an age, but not a usable one: it says why
             raise ValueError(f"{value!r} is neither an ISO time nor an age such as '2h'") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        return ago(age)
+    aware = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    try:  # what every store does with it: in UTC, it must still be a datetime
+        aware.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError(f"{value!r} is outside the years 1 to 9999 in UTC") from None
+    return aware

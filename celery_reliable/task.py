@@ -35,6 +35,7 @@ from .dead_letters import DeadLetterReason
 from .exceptions import (
     ClaimUncertain,
     ConfigurationError,
+    InvalidMessageId,
     LostOwnership,
     StoreUnavailable,
     TransactionMisuse,
@@ -180,7 +181,11 @@ class ReliableTask(Task):  # type: ignore[misc]
         reliable = Reliable.of(self.app)
         reliable.check()
         headers = request.headers or {}
-        run = Delivery(self, request, args, kwargs, message_id_from(request.id, headers))
+        try:
+            message_id = message_id_from(request.id, headers)
+        except InvalidMessageId as exc:
+            self._invalid_message_id(request, args, kwargs, exc)
+        run = Delivery(self, request, args, kwargs, message_id)
         started = time.monotonic()
         reliable.metrics.record_start(self, headers)
         try:
@@ -189,6 +194,22 @@ class ReliableTask(Task):  # type: ignore[misc]
             return result
         finally:
             reliable.metrics.record_delivery(self, run.outcome, time.monotonic() - started)
+
+    def _invalid_message_id(
+        self, request: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: InvalidMessageId
+    ) -> NoReturn:
+        """Dead-letter a delivery whose ``reliable_message_id`` header or task id is invalid.
+
+        Without a valid message id the inbox cannot claim it, and failing the task would
+        leave nothing behind. It is kept under its task id (or ``unknown``), as
+        ``ValidationFailed``: a sender's mistake, replayable once the header is fixed with a
+        ``transform``.
+        """
+        task_id = request.id
+        fallback = task_id if isinstance(task_id, str) and task_id.strip() else "unknown"
+        Delivery(self, request, args, kwargs, fallback).dead_letter(
+            DeadLetterReason.VALIDATION_FAILED, exc=exc, detector="message-id"
+        )
 
     def _pipeline(
         self,

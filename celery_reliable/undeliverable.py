@@ -28,11 +28,16 @@ Hooks, all in the worker's main process, installed by one consumer bootstep
   ``revoked()`` announces and acknowledges the message. That covers both places Celery
   expires a message: on receipt, and when it leaves the ETA timer or the pool's queue.
   The ``task_revoked`` signal would be too late: it is sent after the acknowledgement.
+* invalid messages: each registered task's strategy is wrapped to check the message first
+  (:func:`task_message_problem`), and the handler ``create_task_handler`` returns is
+  wrapped too (:meth:`DeadLetterUndeliverable._guard`), so that what Celery would fail on
+  reaches ``on_invalid_task`` instead of stopping the consumer.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -40,7 +45,9 @@ from functools import cache, partial
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
+from celery.exceptions import InvalidTaskError
 from celery.utils.imports import symbol_by_name
+from celery.utils.time import maybe_iso8601
 from celery.worker.request import Request
 from celery.worker.state import task_ready
 from kombu.serialization import loads, prepare_accept_content
@@ -144,6 +151,23 @@ def _message_id(headers: Mapping[str, Any], payload: Any, message: Any) -> str:
     return "unknown"
 
 
+def raw_body(message: Any) -> bytes:
+    """The body as it was published, byte for byte.
+
+    py-amqp decodes a body with its ``content_encoding`` when it can (its channels'
+    ``auto_decode``): encoded back with the same codec it is the published bytes again;
+    with UTF-8 instead, a Latin-1 body would come out different.
+    """
+    body = message.body
+    if isinstance(body, bytes):
+        return body
+    text = str(body)
+    try:
+        return text.encode(message.content_encoding or "utf-8")
+    except (LookupError, UnicodeError, TypeError):
+        return text.encode("utf-8", "replace")
+
+
 def failed_message(
     message: Any,
     accept_content: Any,
@@ -160,7 +184,6 @@ def failed_message(
     payload = _safe_payload(message, accept_content) if arguments is None else None
     args, kwargs = arguments if arguments is not None else _arguments(payload)
     task = headers.get("task") or (payload.get("task") if isinstance(payload, dict) else None)
-    body = message.body
     return FailedMessage(
         message_id=_message_id(headers, payload, message),
         task_id=_text(headers.get("id")),
@@ -169,7 +192,7 @@ def failed_message(
         kwargs=kwargs,
         headers=headers,
         delivery_info=_delivery_info(message),
-        raw_body=body if isinstance(body, bytes) else str(body).encode("utf-8", "replace"),
+        raw_body=raw_body(message),
         content_type=_text(message.content_type, 128),
         content_encoding=_text(message.content_encoding, 64),
         hostname=_text(hostname),
@@ -217,6 +240,81 @@ def store(
     return entry_id
 
 
+def _time_limit(value: object) -> bool:
+    """A time limit Celery's pool can use: none, or a finite number of seconds >= 0."""
+    if value is None:
+        return True
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and value >= 0
+
+
+def _moment(value: object) -> bool:
+    """An ``eta`` Celery can schedule: parses, and converts to a system-time timestamp."""
+    try:
+        parsed = maybe_iso8601(value)
+        if parsed is not None:
+            aware = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+            aware.astimezone().timestamp()
+    except (TypeError, ValueError, AttributeError, OverflowError):
+        return False
+    return True
+
+
+def task_message_problem(message: Any, body: Any) -> str | None:
+    """What makes a message of a registered task unusable for Celery, or None.
+
+    Celery's strategy and request read these fields without checking them. A missing or
+    non-string ``id``, a body that is not ``[args, kwargs, embed]``, a body that is no
+    container at all (no content type: raw bytes) raise in the consumer, which takes the
+    exception for a lost connection: the message is restored and comes back for ever, the
+    queue blocked behind it, or the worker exits. Arguments that are not a list, keyword
+    arguments or ``embed`` that are not a mapping, a time limit that is not a number fail
+    later, in the pool, as a plain task failure that nothing keeps; an ``eta`` that cannot
+    be converted to a timestamp is rejected and dropped. ``body`` is the protocol 1 body
+    Celery decoded, or None for protocol 2; decoding errors propagate (Celery reports them).
+    """
+    payload = message.payload if body is None else body
+    headers = message.headers if isinstance(message.headers, Mapping) else {}
+    if isinstance(payload, Mapping) and (body is not None or "args" in payload):
+        # protocol 1 (its fields are in the body), or a "hybrid" protocol 2 body (they are
+        # in the body and the headers, the headers win)
+        fields: Mapping[str, Any] = payload if body is not None else {**payload, **headers}
+        args, kwargs, embed = payload.get("args", ()), payload.get("kwargs", {}), None
+    elif isinstance(payload, (list, tuple)) and len(payload) == 3:
+        fields = headers
+        args, kwargs, embed = payload
+    else:
+        return f"the body is not [args, kwargs, embed] but {type(payload).__name__}"
+    task_id = fields.get("id")
+    if not isinstance(task_id, str) or not task_id:
+        return f"the task id must be a non-empty string, not {task_id!r:.100}"
+    if not isinstance(args, (list, tuple)):
+        return f"the arguments must be a list, not {type(args).__name__}"
+    for name, value, optional in (("keyword arguments", kwargs, False), ("embed", embed, True)):
+        if not (value is None and optional) and not (
+            isinstance(value, Mapping) and all(isinstance(key, str) for key in value)
+        ):
+            return f"the {name} must be a mapping with string keys, not {value!r:.100}"
+    limits = fields.get("timelimit")  # Celery ignores an empty one
+    if limits and not (
+        isinstance(limits, (list, tuple)) and len(limits) == 2 and all(map(_time_limit, limits))
+    ):
+        return f"timelimit must be two numbers of seconds, not {limits!r:.100}"
+    if not _moment(fields.get("eta")):
+        return f"eta is not a time Celery can schedule: {fields.get('eta')!r:.100}"
+    return None
+
+
+def _checked(strategy: Callable[..., Any], message: Any, body: Any, *args: Any) -> Any:
+    """A task's strategy, refusing what :func:`task_message_problem` finds, as Celery does
+    with an invalid task: its consumer then hands the message to ``on_invalid_task``."""
+    problem = task_message_problem(message, body)
+    if problem is not None:
+        raise InvalidTaskError(f"invalid task message: {problem}")
+    return strategy(message, body, *args)
+
+
 def _meta(entry_id: int, reason: DeadLetterReason, detector: str) -> dict[str, Any]:
     return {"dead_letter_id": entry_id, "reason": reason.value, "detector": detector}
 
@@ -254,9 +352,43 @@ class DeadLetterUndeliverable(bootsteps.StartStopStep):  # type: ignore[misc]
             for task in consumer.app.tasks.values():
                 task.Request = _with_expiry(symbol_by_name(task.Request))
             update_strategies()
+            strategies = consumer.strategies  # the task handler holds this very dict
+            for name, strategy in list(strategies.items()):
+                strategies[name] = partial(_checked, strategy)
 
         consumer.update_strategies = with_expiry_dead_letters
+        create_task_handler = consumer.create_task_handler
+
+        def guarded_task_handler(*args: Any, **kwargs: Any) -> Callable[[Any], Any]:
+            return partial(self._guard, create_task_handler(*args, **kwargs))
+
+        consumer.create_task_handler = guarded_task_handler
         super().__init__(consumer, **kwargs)
+
+    def _guard(self, handle: Callable[[Any], Any], message: Any) -> Any:
+        """Celery's task handler, with what it cannot handle dead-lettered instead of raised.
+
+        An exception from Celery's handler escapes the consumer, which takes it for a lost
+        connection: the message is restored and comes back for ever (the queue blocked
+        behind it), or the worker exits. :func:`task_message_problem` catches the known
+        cases for registered tasks; this catches the rest: a message Celery failed on is
+        dead-lettered as ``DeserializationFailed`` and rejected, as an invalid task.
+        A ``task`` header that is not a string names no task: Celery would fail on it
+        (a list cannot be looked up), so it goes where a message without one goes.
+        """
+        consumer = self.consumer
+        headers = message.headers
+        if isinstance(headers, Mapping) and not isinstance(headers.get("task", ""), str):
+            return consumer.on_unknown_message(None, message)
+        try:
+            return handle(message)
+        except (*consumer.connection_errors, *consumer.channel_errors):
+            raise  # the broker's trouble, not the message's: Celery reconnects
+        except Exception as exc:
+            if message.acknowledged:  # Celery settled it before it failed: nothing is lost
+                logger.exception("Celery failed on a message it had settled")
+                return None
+            return consumer.on_invalid_task(None, message, exc)
 
     def _intercept(
         self,
@@ -285,7 +417,15 @@ class DeadLetterUndeliverable(bootsteps.StartStopStep):  # type: ignore[misc]
         if entry_id is None:
             self.requeue_later(message)
             return None
-        result = original(*args)  # acknowledges or rejects: the dead letter is committed
+        try:
+            result = original(*args)  # acknowledges or rejects: the dead letter is committed
+        except Exception:
+            # Celery's handler can fail on what it reports (an unknown task without an id):
+            # the message is dead-lettered already, so it must not come back.
+            logger.exception("Celery's %s failed on a dead-lettered message", detector)
+            if not message.acknowledged:
+                message.reject_log_error(logger, consumer.connection_errors)
+            return None
         headers = message.headers if isinstance(message.headers, dict) else {}
         task_id = _text(headers.get("id"))
         if task_id is not None:  # after Celery's handler, which may store FAILURE

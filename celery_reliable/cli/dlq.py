@@ -7,9 +7,21 @@ from datetime import datetime, timedelta
 import click
 
 from celery_reliable.dead_letters import DeadLetterReason, DeadLetters
+from celery_reliable.durations import ago
 
 from .base import extension, reliable
-from .output import Duration, Moment, emit_json, json_option, progress_bar, table
+from .output import (
+    COUNT,
+    ROW_ID,
+    Age,
+    Moment,
+    PerSecond,
+    Text,
+    emit_json,
+    json_option,
+    progress_bar,
+    table,
+)
 
 REASONS = click.Choice([r.value for r in DeadLetterReason])
 
@@ -25,12 +37,12 @@ def dlq() -> None:
 
 @dlq.command(name="list")
 @click.option("--reason", type=REASONS, help="Only this reason.")
-@click.option("--task", "task_name", help="Only this task name.")
+@click.option("--task", "task_name", type=Text(), help="Only this task name.")
 @click.option("--since", type=Moment(), help="Dead-lettered at or after (ISO time, or '2h').")
 @click.option("--until", type=Moment(), help="Dead-lettered before (ISO time, or '2h').")
 @click.option("--replayed/--not-replayed", default=None, help="Only replayed / not replayed.")
-@click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
-@click.option("--offset", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--limit", type=COUNT, default=50, show_default=True)
+@click.option("--offset", type=COUNT, default=0, show_default=True)
 @json_option
 @click.pass_context
 def list_(
@@ -68,7 +80,7 @@ def list_(
 
 
 @dlq.command()
-@click.argument("entry_id", type=int)
+@click.argument("entry_id", type=ROW_ID)
 @json_option
 @click.pass_context
 def show(ctx: click.Context, entry_id: int, as_json: bool) -> None:
@@ -89,12 +101,12 @@ def show(ctx: click.Context, entry_id: int, as_json: bool) -> None:
 
 
 @dlq.command()
-@click.argument("entry_ids", type=int, nargs=-1)
+@click.argument("entry_ids", type=ROW_ID, nargs=-1)
 @click.option("--reason", type=REASONS, help="Replay every entry with this reason.")
-@click.option("--task", "task_name", help="Replay every entry of this task.")
-@click.option("--limit", type=click.IntRange(min=0), help="At most this many.")
+@click.option("--task", "task_name", type=Text(), help="Replay every entry of this task.")
+@click.option("--limit", type=COUNT, help="At most this many.")
 @click.option("--dry-run", is_flag=True, help="Say how many would be replayed; change nothing.")
-@click.option("--rate", type=click.FloatRange(min=0, min_open=True), help="Replays per second.")
+@click.option("--rate", type=PerSecond(), help="Replays per second.")
 @click.option("--stop-after-failures", type=click.IntRange(min=1), help="Stop after N failures.")
 @click.pass_context
 def replay(
@@ -144,14 +156,14 @@ def replay(
 
 
 @dlq.command()
-@click.option("--older-than", type=Duration(), required=True, help="Age, such as 30d.")
+@click.option("--older-than", type=Age(), required=True, help="Age, such as 30d.")
 @click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
 @click.pass_context
 def purge(ctx: click.Context, older_than: timedelta, dry_run: bool) -> None:
     """Delete entries dead-lettered longer ago than --older-than."""
     letters = _letters(ctx)
     if dry_run:
-        cutoff = datetime.now().astimezone() - older_than
+        cutoff = ago(older_than)  # Age checked it is a datetime
         click.echo(f"would purge {letters.count(until=cutoff)} entries")
         return
     click.echo(f"purged {letters.purge_older_than(older_than)} entries")

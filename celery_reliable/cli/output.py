@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -10,9 +11,14 @@ from typing import Any
 
 import click
 
-from celery_reliable.durations import parse_duration, parse_moment
+from celery_reliable.durations import ago, parse_duration, parse_moment
+from celery_reliable.store.tables import MAX_ROW_ID
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+#: A row id: what the stores can hold (a bigger number would fail in the database).
+ROW_ID = click.IntRange(min=1, max=MAX_ROW_ID)
+#: A --limit or --offset, bounded likewise.
+COUNT = click.IntRange(min=0, max=MAX_ROW_ID)
 
 
 def progress_bar(length: int, label: str) -> Any:
@@ -68,3 +74,49 @@ class Duration(click.ParamType):  # type: ignore[type-arg]  # generic only in ne
             return parse_duration(value)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
+
+
+class Age(Duration):
+    """A duration that names a moment, as ``--older-than 30d``: not before the year 1."""
+
+    name = "age"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        age = super().convert(value, param, ctx)
+        try:
+            ago(age)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return age
+
+
+class Text(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """Text a database can compare: UTF-8 (a shell passes other bytes as lone surrogates,
+    which no driver can send) and without NUL (PostgreSQL refuses it)."""
+
+    name = "text"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{text!r} is not valid UTF-8", param, ctx)
+        if "\x00" in text:
+            self.fail(f"{text!r} contains a NUL character", param, ctx)
+        return text
+
+
+class PerSecond(click.ParamType):  # type: ignore[type-arg]  # generic only in newer click
+    """A rate: a finite number > 0 (click's FloatRange lets ``nan`` and ``inf`` through)."""
+
+    name = "rate"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(rate) or rate <= 0:
+            self.fail(f"{value!r} is not a finite number > 0", param, ctx)
+        return rate

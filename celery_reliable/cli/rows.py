@@ -7,9 +7,9 @@ import click
 from celery_reliable.exceptions import InvalidArgument
 
 from .base import extension, reliable
-from .output import emit_json, json_option, table
+from .output import COUNT, ROW_ID, Text, emit_json, json_option, table
 
-limit_option = click.option("--limit", type=click.IntRange(min=0), default=50, show_default=True)
+limit_option = click.option("--limit", type=COUNT, default=50, show_default=True)
 
 
 @reliable.group()
@@ -45,7 +45,7 @@ def outbox_list(ctx: click.Context, poisoned: bool, limit: int, as_json: bool) -
 
 
 @outbox.command(name="retry")
-@click.argument("row_ids", type=int, nargs=-1, required=True)
+@click.argument("row_ids", type=ROW_ID, nargs=-1, required=True)
 @click.pass_context
 def outbox_retry(ctx: click.Context, row_ids: tuple[int, ...]) -> None:
     """Publish poisoned rows again (attempts reset). All or nothing."""
@@ -89,7 +89,7 @@ def inbox_list(ctx: click.Context, poisoned: bool, limit: int, as_json: bool) ->
 
 
 @inbox.command(name="retry")
-@click.argument("message_ids", nargs=-1, required=True)
+@click.argument("message_ids", type=Text(), nargs=-1, required=True)
 @click.option("--handler-key", help="Only this handler key (default: all of the message's).")
 @click.pass_context
 def inbox_retry(ctx: click.Context, message_ids: tuple[str, ...], handler_key: str | None) -> None:

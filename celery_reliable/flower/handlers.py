@@ -32,8 +32,9 @@ from celery_reliable.dead_letters import (
     DeadLetters,
     DeadLetterStatistics,
 )
-from celery_reliable.durations import parse_duration, parse_moment
+from celery_reliable.durations import ago, parse_duration, parse_moment
 from celery_reliable.exceptions import DeadLetterNotFound, InvalidArgument
+from celery_reliable.store.tables import MAX_ROW_ID
 
 logger = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ def whole(value: str, name: str, minimum: int, maximum: int | None = None) -> in
 
 def entry_id(value: str) -> int:
     # Ids are database integers: anything outside a signed 64-bit range cannot exist.
-    return whole(value, "entry id", 1, 2**63 - 1)
+    return whole(value, "entry id", 1, MAX_ROW_ID)
 
 
 # -- what templates use to show values -------------------------------------------------------
@@ -244,7 +245,7 @@ class ListPage(Page):
     async def get(self) -> None:
         filters = parse_filters(self.get_query_argument)
         limit = whole(self.get_query_argument("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT)
-        offset = whole(self.get_query_argument("offset", "0"), "offset", 0)
+        offset = whole(self.get_query_argument("offset", "0"), "offset", 0, MAX_ROW_ID)
         entries, total, statistics = await self.blocking(self._load, filters, limit, offset)
 
         def page_at(start: int) -> str:
@@ -331,7 +332,7 @@ class ReplayBatch(Page):
         self.writable()
         filters = parse_filters(self.get_body_argument)
         raw_limit = text(self.get_body_argument, "limit")
-        limit = whole(raw_limit, "limit", 1) if raw_limit else None
+        limit = whole(raw_limit, "limit", 1, MAX_ROW_ID) if raw_limit else None
         batch = partial(
             self.letters.replay_batch,
             filters.reason,
@@ -385,10 +386,10 @@ class Purge(Page):
         older_than = text(self.get_body_argument, "older_than")
         try:
             cutoff_age = parse_duration(older_than)
+            cutoff = ago(cutoff_age)
         except ValueError as exc:
             raise Refused(400, f"older than: {exc}") from None
         if self.get_body_argument("dry_run", ""):
-            cutoff = datetime.now(timezone.utc) - cutoff_age
             due = await self.blocking(self.letters.count, until=cutoff)
             self.page(
                 "reliable_result.html",

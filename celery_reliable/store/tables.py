@@ -39,6 +39,9 @@ LongText = Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 LongBinary = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
 #: Row ids in commit-ish order; SQLite autoincrements only a plain INTEGER primary key.
 RowId = BigInteger().with_variant(Integer(), "sqlite")
+#: The largest row id (and LIMIT or OFFSET) every store takes: a signed 64-bit integer.
+#: A larger number typed by a user is an error to report, not a query to send.
+MAX_ROW_ID = 2**63 - 1
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -7,25 +7,17 @@ loopback without auth (explicitly allowed), driven by a real headless Chromium.
 
 from __future__ import annotations
 
-import base64
-import http.cookiejar
 import itertools
 import os
 import re
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
 
 from celery_reliable import Reliable
 from celery_reliable.dead_letters import FailedMessage
@@ -33,34 +25,14 @@ from celery_reliable.testing import drop_store
 from tests.support import (
     REQUIRE_SERVICES,
     ROOT,
-    WorkerProcess,
     make_app,
     require,
     unique,
-    wait_for,
 )
 
-from .test_flower import free_port
+from .flower_support import APP, CREDENTIALS, Client, Store, running_flower
 
-APP = "tests.acceptance.worker_app"
 XSS = "<script>window.pwned = 1</script>"
-CREDENTIALS = "admin:s3cret"
-
-
-@dataclass
-class Store:
-    reliable: Reliable
-    env: dict[str, str]
-    ids: dict[str, int]  # a name per entry the tests act on
-
-    def entry(self, name: str) -> Any:
-        return self.reliable.dead_letters.get(self.ids[name])
-
-    def outbox_has(self, message_id: str) -> bool:
-        t = self.reliable.tables.outbox
-        with self.reliable.database.engine.connect() as conn:
-            query = select(t.c.id).where(t.c.message_id == message_id)
-            return conn.execute(query).first() is not None
 
 
 def _add(reliable: Reliable, name: str, reason: str, args: list[Any]) -> int:
@@ -104,34 +76,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
     drop_store(url, prefix)
 
 
-@contextmanager
-def running_flower(store: Store, log: Path, *args: str) -> Iterator[str]:
-    """`celery reliable flower` on a free loopback port; yields its base URL."""
-    port = free_port()
-    process = WorkerProcess(
-        ["-A", APP, "reliable", "flower", f"--port={port}", "--address=127.0.0.1", *args],
-        store.env,
-        log,
-    )
-    url = f"http://127.0.0.1:{port}"
-
-    def listening() -> bool:
-        assert process.proc.poll() is None, process.output()
-        try:
-            urllib.request.urlopen(f"{url}/healthcheck", timeout=2).close()
-        except urllib.error.HTTPError:
-            return True  # answering, even if with 401
-        except OSError:
-            return False
-        return True
-
-    try:
-        wait_for(listening, 60, 0.1, what="Flower to listen")
-        yield url
-    finally:
-        process.stop()
-
-
 @pytest.fixture(scope="module")
 def authed(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Flower behind basic auth."""
@@ -146,40 +90,6 @@ def open_flower(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Itera
     log = tmp_path_factory.mktemp("open") / "flower.log"
     with running_flower(store, log, "--dead-letters-allow-unauthenticated") as url:
         yield url
-
-
-class Client:
-    """An HTTP client with a cookie jar (the xsrf cookie) and optional basic auth."""
-
-    def __init__(self, base: str, credentials: str | None = CREDENTIALS) -> None:
-        self.base = base
-        self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
-        self.headers = {}
-        if credentials:
-            token = base64.b64encode(credentials.encode()).decode()
-            self.headers["Authorization"] = f"Basic {token}"
-
-    def request(
-        self, path: str, data: list[tuple[str, str]] | None = None, **headers: str
-    ) -> tuple[int, str]:
-        body = None if data is None else urllib.parse.urlencode(data).encode()
-        request = urllib.request.Request(
-            self.base + path, data=body, headers={**self.headers, **headers}
-        )
-        try:
-            with self.opener.open(request, timeout=30) as response:
-                return response.status, response.read().decode()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read().decode()
-
-    def token(self) -> str:
-        """The xsrf token of a form (the matching cookie is now in the jar)."""
-        status, page = self.request("/dead-letters")
-        assert status == 200, page
-        match = re.search(r'name="_xsrf" value="([^"]+)"', page)
-        assert match, page
-        return match.group(1)
 
 
 # -- start-up ------------------------------------------------------------------------------

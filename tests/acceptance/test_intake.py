@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,15 +22,7 @@ from celery import Celery
 from celery_reliable import MESSAGE_ID_HEADER, DeadLetterReason
 from tests.support import FaultyLink, require, wait_for
 
-
-class LeavesAMark:
-    """Unpickling this creates a file: proof that something unpickled the body."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
+from .intake import LeavesAMark, still_working
 
 
 def publish(stack, body: bytes, content_type: str, headers: dict[str, Any], **properties) -> None:
@@ -70,18 +61,6 @@ def the_entry(stack, reason: DeadLetterReason):
     (entry,) = stack.reliable.dead_letters.list()
     assert entry.reason is reason
     return entry
-
-
-def still_working(stack, worker) -> None:
-    """The worker survived: it is running, runs a normal task, and left nothing queued."""
-    message_id = stack.send("effect", None)
-    wait_for(
-        lambda: (r := stack.status(message_id, "effect")) and r.status.value == "completed",
-        60,
-        what="a normal message after the bad one",
-    )
-    assert worker.proc.poll() is None
-    assert stack.queue_depth() == 0
 
 
 def results(backend_url: str) -> Celery:

@@ -35,7 +35,8 @@ if "RT_BAD_SETTING" in os.environ:
     extra[os.environ["RT_BAD_SETTING"]] = 0
 
 app = make_app(os.environ["RT_BROKER"], os.environ["RT_DB"], PREFIX, backend="disabled://", **extra)
-app.conf.worker_prefetch_multiplier = 1
+# One message at a time unless a test wants throughput (the fuzz suite).
+app.conf.worker_prefetch_multiplier = int(os.environ.get("RT_PREFETCH", "1"))
 if "RT_BACKEND" in os.environ:
     app.conf.result_backend = os.environ["RT_BACKEND"]
 if "RT_DLX" in os.environ:  # the test declared them; the worker declares its queue alike

@@ -74,7 +74,7 @@ def test_durations(text, seconds):
     assert parse_duration(text).total_seconds() == seconds
 
 
-@pytest.mark.parametrize("text", ["", "5 minutes", "-1s", "0", None, True])
+@pytest.mark.parametrize("text", ["", "5 minutes", "-1s", "0", None, True, "99999999999999999999d"])
 def test_bad_durations(text):
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)

@@ -29,15 +29,14 @@ from sqlalchemy import select
 
 from celery_reliable import Reliable
 from celery_reliable.dead_letters import FailedMessage
-from celery_reliable.testing import drop_store
+from celery_reliable.testing import drop_store, wait_for
 from tests.support import (
     REQUIRE_SERVICES,
     ROOT,
-    WorkerProcess,
+    celery_process,
     make_app,
     require,
     unique,
-    wait_for,
 )
 
 from .test_flower import free_port
@@ -108,7 +107,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Store]:
 def running_flower(store: Store, log: Path, *args: str) -> Iterator[str]:
     """`celery reliable flower` on a free loopback port; yields its base URL."""
     port = free_port()
-    process = WorkerProcess(
+    process = celery_process(
         ["-A", APP, "reliable", "flower", f"--port={port}", "--address=127.0.0.1", *args],
         store.env,
         log,

@@ -1,16 +1,29 @@
-"""``python -m benchmarks [inbox] [--count N] [--brokers redis,rabbitmq] [--repeat K]``.
+"""``python -m benchmarks [name ...] [--count N] [--brokers redis,rabbitmq] [--repeat K]``.
 
-Runs the named benchmarks (all of them when none is named) and always exits 0 once the
-arguments are valid: the output is a report, not a test.
+Runs the named benchmarks (all of them when none is named), each printing its own section,
+then ONE table of every measure beside its baseline from the same run, the ratio, the
+target and whether it was met. ``--markdown`` prints that table for docs/performance.md.
+Missed targets do not change the exit status (this is a report, not a test); a benchmark
+that fails to run does (1), after the table of the others.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
+import traceback
+from collections.abc import Callable
 
-from . import inbox, relay
+from . import cleanup, inbox, relay_report, replay
+from .report import Row, load, render
 
-BENCHMARKS = {"inbox": inbox, "relay": relay}
+BENCHMARKS: dict[str, Callable[[int | None, list[str], int], list[Row]]] = {
+    "inbox": inbox.run,
+    "relay": relay_report.run,
+    "replay": replay.run,
+    "cleanup": cleanup.run,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,13 +32,28 @@ def main(argv: list[str] | None = None) -> int:
         "names", nargs="*", metavar="benchmark", help=f"any of: {', '.join(BENCHMARKS)}"
     )
     inbox.add_arguments(parser)
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    started, load_before = time.strftime("%Y-%m-%d %H:%M"), load()
+    rows: list[Row] = []
+    failed = []
     for name in args.names or BENCHMARKS:
-        BENCHMARKS[name].run(args.count, args.brokers, args.repeat)
-    return 0
+        try:
+            rows += BENCHMARKS[name](args.count, args.brokers, args.repeat)
+        except Exception:  # a report: say what failed, and still show the others
+            traceback.print_exc()
+            failed.append(name)
+    print(
+        f"\ncelery_reliable benchmarks, {started}, {os.cpu_count()} cores, "
+        f"load average {load_before} at the start, {load()} at the end"
+    )
+    print(render(rows, markdown=args.markdown))
+    if failed:
+        print(f"failed to run: {', '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

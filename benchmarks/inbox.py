@@ -39,6 +39,7 @@ from celery_reliable import Reliable
 from celery_reliable.testing import drop_store
 
 from .bench_app import TASK_NAMES, VARIANTS, create_app
+from .report import Row, Target
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = {
@@ -47,6 +48,7 @@ BROKERS = {
 }
 STORE = os.environ.get("BENCH_DB", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGETS = {"redis": 0.90, "rabbitmq": 0.65}
+DEFAULT_COUNT = 10_000
 WARM_UP = 0.05
 POLL = 0.02
 LOG = Path(os.environ.get("BENCH_LOG", "/tmp/celery-reliable-benchmark.log"))
@@ -223,8 +225,9 @@ def unreachable(kind: str) -> str | None:
     return None
 
 
-def run(count: int, brokers: list[str], repeat: int) -> None:
-    """Measure every variant on every usable broker and print rates and ratios."""
+def run(count: int | None, brokers: list[str], repeat: int) -> list[Row]:
+    """Measure every variant on every usable broker; print rates and ratios, return rows."""
+    count = count or DEFAULT_COUNT
     LOG.write_bytes(b"")
     print(
         f"celery_reliable inbox benchmark: {count} no-op tasks, prefork -c 2, "
@@ -233,7 +236,7 @@ def run(count: int, brokers: list[str], repeat: int) -> None:
     problem = unreachable("store")
     if problem is not None:
         print(f"skipped: the store {STORE} is unreachable ({problem})")
-        return
+        return []
     print(f"{'broker':<10}{'variant':<20}{'tasks/s':>8}")
     rates: dict[str, dict[str, float]] = {}
     for kind in brokers:
@@ -252,6 +255,7 @@ def run(count: int, brokers: list[str], repeat: int) -> None:
         rates[kind] = {variant: statistics.median(samples[variant]) for variant in VARIANTS}
         for variant, rate in rates[kind].items():
             print(f"{kind:<10}{variant:<20}{rate:>8.0f}", flush=True)
+    rows = []
     for kind, rate in rates.items():
         ratio = rate["reliable"] / rate["plain (default)"]
         late = rate["reliable"] / rate["plain (acks_late)"]
@@ -260,11 +264,27 @@ def run(count: int, brokers: list[str], repeat: int) -> None:
             f"ratio  {kind:<9} reliable/plain {ratio:.2f}x "
             f"(target >= {TARGETS[kind]:.2f}x: {verdict})  reliable/plain-acks-late {late:.2f}x"
         )
+        rows.append(
+            Row(
+                f"inbox {kind}: ReliableTask vs plain Task",
+                rate["reliable"],
+                "/s",
+                rate["plain (default)"],
+                "plain",
+                Target("ratio", ">=", TARGETS[kind]),
+            )
+        )
+    return rows
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """This benchmark's options."""
-    parser.add_argument("--count", type=at_least(100), default=10_000, help="tasks per run")
+    parser.add_argument(
+        "--count",
+        type=at_least(100),
+        default=None,
+        help="messages (rows, entries) per run; default: each benchmark's own",
+    )
     parser.add_argument(
         "--brokers",
         type=broker_list,

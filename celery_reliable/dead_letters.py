@@ -15,7 +15,8 @@ import logging
 import threading
 import time
 import traceback as traceback_module
-from collections.abc import Callable, Mapping
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,7 @@ from celery import Signature
 from celery.utils import uuid
 from kombu.utils import json as kombu_json
 from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from .durations import ago, parse_duration
@@ -78,6 +80,8 @@ _TEXT_COLUMNS = (
 )
 #: celery_reliable's own bookkeeping headers, from the task pipeline.
 INTERNAL_HEADER_PREFIX = "reliable_"
+#: Entries replayed per transaction by ``replay_batch``.
+REPLAY_CHUNK = 500
 
 
 class DeadLetterReason(str, enum.Enum):
@@ -479,16 +483,8 @@ class DeadLetters:
             if row is None:
                 raise DeadLetterNotFound(f"no dead-letter entry {entry_id!r}")
             entry = _entry(row)
-            signature = self._signature(entry)
-            if transform is not None:
-                signature = transform(signature)
-                if not isinstance(signature, Signature):
-                    raise InvalidArgument(
-                        f"transform must return a signature, returned {signature!r}"
-                    )
-            task_id = str(signature.options.get("task_id") or uuid())
-            signature.set(task_id=task_id)
-            reliable.outbox.enqueue(session, signature, message_id=entry.message_id)
+            outbox_row, task_id = self._prepare(entry, transform)
+            session.execute(insert(reliable.tables.outbox).values(outbox_row))
             if entry.handler_key is not None:
                 reliable.store.lift_quarantine(
                     [entry.message_id], entry.handler_key, connection=session.connection()
@@ -500,6 +496,20 @@ class DeadLetters:
             )
         logger.info("dead-letter entry %s replayed as message %s", entry_id, entry.message_id)
         return task_id
+
+    def _prepare(
+        self, entry: DeadLetter, transform: Transform | None
+    ) -> tuple[dict[str, Any], str]:
+        """The outbox row that publishes ``entry`` again, and its new Celery task id."""
+        signature = self._signature(entry)
+        if transform is not None:
+            signature = transform(signature)
+            if not isinstance(signature, Signature):
+                raise InvalidArgument(f"transform must return a signature, returned {signature!r}")
+        task_id = str(signature.options.get("task_id") or uuid())
+        signature.set(task_id=task_id)
+        row = self._reliable.outbox.build_row(signature, entry.message_id, None, None, None, {})
+        return row, task_id
 
     def _signature(self, entry: DeadLetter) -> Signature:
         if entry.task_name is None or entry.args is None:
@@ -539,46 +549,141 @@ class DeadLetters:
     ) -> int:
         """Replay the entries not replayed yet that match; return how many were (or would be).
 
-        Oldest first, each in its own transaction. ``rate_limit`` is replays per second;
+        Oldest first, up to :data:`REPLAY_CHUNK` entries per transaction: each entry is
+        replayed as :meth:`replay` does it, but a chunk's outbox rows, quarantine lifts and
+        replay marks are written with one statement each, so a large backlog replays at
+        thousands per second rather than one commit per entry. An entry that cannot be
+        replayed (an unknown task, a failing ``transform``) is counted as a failure and
+        left as it was; if a chunk's transaction fails, its entries are retried one by one
+        so that only the bad ones fail. Entries dead-lettered after the batch started wait
+        for the next batch.
+
+        ``rate_limit`` is replays per second (chunks shrink so that pacing stays smooth);
         ``stop_after_failures`` ends the batch after that many entries failed to replay.
-        ``progress`` is called with 1 after each entry (a progress bar's ``update``).
+        ``progress`` is called with the number of entries done after each chunk (a
+        progress bar's ``update``).
         """
         if limit is not None:
             require_count(limit, "limit")
         if rate_limit is not None and (not isinstance(rate_limit, (int, float)) or rate_limit <= 0):
             raise InvalidArgument(f"rate_limit must be a positive number, got {rate_limit!r}")
-        query = (
-            select(self.table.c.id)
-            .where(*self._where(reason, task_name, since, until, False))
-            .order_by(self.table.c.id)
-        )
-        if limit is not None:
-            query = query.limit(limit)
-        with self._reliable.database.engine.connect() as conn:
-            ids = list(conn.scalars(query))
+        t = self.table
+        where = self._where(reason, task_name, since, until, False)
         if dry_run:
-            return len(ids)
+            due = select(t.c.id).where(*where)
+            if limit is not None:
+                due = due.limit(limit)
+            with self._reliable.database.engine.connect() as conn:
+                return int(conn.scalar(select(func.count()).select_from(due.subquery())) or 0)
+        with self._reliable.database.engine.connect() as conn:
+            last_id = conn.scalar(select(func.max(t.c.id)).where(*where))
+        if last_id is None:
+            return 0
+        # Under a rate limit, at most a hundredth of a second's worth per chunk: smooth pacing.
+        chunk = (
+            REPLAY_CHUNK if rate_limit is None else max(1, min(REPLAY_CHUNK, int(rate_limit / 100)))
+        )
         replayed = failures = 0
-        interval = 1.0 / rate_limit if rate_limit else 0.0
+        after = 0  # ids are positive: keyset pagination, oldest first
         next_at = time.monotonic()
-        for entry_id in ids:
-            if interval:
-                time.sleep(max(0.0, next_at - time.monotonic()))
-                next_at = max(next_at, time.monotonic()) + interval
+        while limit is None or replayed + failures < limit:
+            size = chunk if limit is None else min(chunk, limit - replayed - failures)
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            done, failed, after = self._replay_chunk(where, after, last_id, size, transform)
+            if rate_limit:  # the pause counts from the chunk's end: never faster than the limit
+                next_at = time.monotonic() + size / rate_limit
+            replayed += done
+            failures += failed
+            if progress is not None and done + failed:
+                progress(done + failed)
+            if stop_after_failures is not None and failures >= stop_after_failures:
+                logger.error("replay batch stopped after %d failures", failures)
+                break
+            if done + failed < size:
+                break
+        return replayed
+
+    def _replay_chunk(
+        self,
+        where: Sequence[ColumnElement[bool]],
+        after: int,
+        last_id: int,
+        size: int,
+        transform: Transform | None,
+    ) -> tuple[int, int, int]:
+        """Replay up to ``size`` entries with ids in (after, last_id]: (done, failed, last id).
+
+        Rows are locked (``SKIP LOCKED``: an entry another batch or a single replay holds is
+        being replayed already) and their replay count is checked again under the lock.
+        """
+        reliable, t = self._reliable, self.table
+        query = (
+            select(t).where(*where, t.c.id > after, t.c.id <= last_id).order_by(t.c.id).limit(size)
+        )
+        if reliable.database.dialect != "sqlite":
+            query = query.with_for_update(skip_locked=True)
+        failed = 0
+        rows: Sequence[Any] = ()
+        try:
+            with reliable.database.engine.begin() as conn:
+                rows = conn.execute(query).all()
+                if not rows:
+                    return 0, 0, last_id
+                outbox_rows: list[dict[str, Any]] = []
+                by_handler: dict[str, list[str]] = defaultdict(list)
+                entry_ids: list[int] = []
+                for row in rows:
+                    try:
+                        entry = _entry(row)
+                        outbox_rows.append(self._prepare(entry, transform)[0])
+                    except Exception:
+                        failed += 1
+                        logger.warning(
+                            "replay of dead-letter entry %s failed", row.id, exc_info=True
+                        )
+                        continue
+                    entry_ids.append(entry.id)
+                    if entry.handler_key is not None:
+                        by_handler[entry.handler_key].append(entry.message_id)
+                if outbox_rows:
+                    conn.execute(insert(reliable.tables.outbox), outbox_rows)
+                    for handler_key, message_ids in by_handler.items():
+                        reliable.store.lift_quarantine(message_ids, handler_key, connection=conn)
+                    conn.execute(
+                        update(t)
+                        .where(t.c.id.in_(entry_ids))
+                        .values(replay_count=t.c.replay_count + 1, replayed_at=utcnow())
+                    )
+        except DBAPIError:
+            if not rows:
+                raise  # the entries could not even be read: the store is the problem
+            logger.warning(
+                "replaying %d entries at once failed: one by one", len(rows), exc_info=True
+            )
+            done, failed = self._replay_each([row.id for row in rows], transform)
+            return done, failed, rows[-1].id
+        logger.info(
+            "%d dead-letter entries replayed (ids %s to %s)",
+            len(entry_ids),
+            rows[0].id,
+            rows[-1].id,
+        )
+        return len(entry_ids), failed, rows[-1].id
+
+    def _replay_each(
+        self, entry_ids: Sequence[int], transform: Transform | None
+    ) -> tuple[int, int]:
+        """:meth:`replay` entry by entry, so that one bad entry fails alone: (done, failed)."""
+        done = failed = 0
+        for entry_id in entry_ids:
             try:
                 self.replay(entry_id, transform=transform)
             except Exception:
-                failures += 1
+                failed += 1
                 logger.warning("replay of dead-letter entry %s failed", entry_id, exc_info=True)
-                if stop_after_failures is not None and failures >= stop_after_failures:
-                    logger.error("replay batch stopped after %d failures", failures)
-                    break
             else:
-                replayed += 1
-            finally:
-                if progress is not None:
-                    progress(1)
-        return replayed
+                done += 1
+        return done, failed
 
     # -- removal ------------------------------------------------------------------------
 

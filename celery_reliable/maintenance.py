@@ -149,26 +149,26 @@ class Maintenance:
     ) -> int:
         """Delete matching rows a batch per transaction; ``check`` runs between batches.
 
-        Selecting the keys first and deleting by key keeps every transaction small and
-        works the same on every database (MySQL cannot DELETE ... LIMIT with a subquery
-        on the same table).
+        Each batch is one statement, so the keys never travel to Python and back: MySQL
+        and MariaDB take ``DELETE ... LIMIT`` (they refuse a subquery on the table being
+        deleted from); PostgreSQL and SQLite delete by key from a limited subquery.
         """
-        key = tuple_(*table.primary_key.columns)
         batch = self.reliable.settings.cleanup_batch_size
+        if self.reliable.database.dialect in ("mysql", "mariadb"):
+            statement = delete(table).where(where)
+            statement = statement.with_dialect_options(mysql_limit=batch, mariadb_limit=batch)
+        else:
+            key = tuple_(*table.primary_key.columns)
+            statement = delete(table).where(key.in_(select(*key.clauses).where(where).limit(batch)))
         deleted = 0
         while True:
             check()
             with self.reliable.database.engine.begin() as conn:
-                keys = [
-                    tuple(row)
-                    for row in conn.execute(select(*key.clauses).where(where).limit(batch))
-                ]
-                if keys:
-                    conn.execute(delete(table).where(key.in_(keys)))
-            deleted += len(keys)
+                count = int(conn.execute(statement).rowcount)
+            deleted += count
             if progress is not None:
-                progress(len(keys))
-            if len(keys) < batch:
+                progress(count)
+            if count < batch:
                 return deleted
 
     # -- stuck-message recovery -------------------------------------------------------------

@@ -12,6 +12,9 @@ from celery_reliable.testing import drop_store
 from .support import database_url as _database_url
 from .support import require, unique
 
+#: The public chaos kit's fixtures (process_group, kill_loop, fault_proxy, chaos_seed).
+pytest_plugins = ["celery_reliable.testing.plugin"]
+
 
 @pytest.fixture(params=["sqlite", "postgresql", "mysql"])
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:

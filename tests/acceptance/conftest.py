@@ -14,10 +14,9 @@ import pytest
 from sqlalchemy import func, select
 
 from celery_reliable import MESSAGE_ID_HEADER, Reliable
-from celery_reliable.testing import drop_store
+from celery_reliable.testing import KillableProcess, drop_store
 from tests.support import (
     ROOT,
-    WorkerProcess,
     database_url,
     make_app,
     require,
@@ -52,7 +51,7 @@ class Stack:
         self._workers = 0
 
     @contextmanager
-    def worker(self, *extra: str, app: str = APP, **env: str) -> Iterator[WorkerProcess]:
+    def worker(self, *extra: str, app: str = APP, **env: str) -> Iterator[KillableProcess]:
         self._workers += 1
         log = self.dir / f"worker-{self._workers}.log"
         args = ("-P", "prefork", "-c", "1", "--without-mingle", "--without-gossip", *extra)

@@ -18,7 +18,8 @@ from typing import Any
 from sqlalchemy import select
 
 from celery_reliable import Reliable
-from tests.support import WorkerProcess, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import celery_process
 
 from .test_flower import free_port
 
@@ -46,7 +47,7 @@ class Store:
 def running_flower(store: Store, log: Path, *args: str) -> Iterator[str]:
     """`celery reliable flower` on a free loopback port; yields its base URL."""
     port = free_port()
-    process = WorkerProcess(
+    process = celery_process(
         ["-A", APP, "reliable", "flower", f"--port={port}", "--address=127.0.0.1", *args],
         store.env,
         log,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.support import wait_for
+from celery_reliable.testing import wait_for
 
 
 class LeavesAMark:

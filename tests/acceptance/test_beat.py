@@ -8,7 +8,8 @@ from sqlalchemy import insert, select
 
 from celery_reliable.inbox import utcnow
 from celery_reliable.store.base import Status
-from tests.support import WorkerProcess, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import celery_process
 
 from .conftest import _declared_elsewhere
 
@@ -28,7 +29,7 @@ def test_beat_runs_cleanup_and_stuck_recovery(postgres_stack):
         conn.execute(insert(reliable.tables.outbox).values(row))
     reliable.inbox.claim("crashed-run", "gateway", task_name="gateway", owner="dead-worker:1")
     env = {**stack.env, "RT_MAINTENANCE": "1"}
-    beat = WorkerProcess(
+    beat = celery_process(
         ["-A", APP, "beat", "--loglevel=INFO", f"--schedule={stack.dir / 'beat-schedule'}"],
         env,
         stack.dir / "beat.log",

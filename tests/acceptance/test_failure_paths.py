@@ -10,7 +10,7 @@ import pytest
 
 from celery_reliable import DeadLetterReason
 from celery_reliable.store.base import Status
-from tests.support import wait_for
+from celery_reliable.testing import wait_for
 
 from .conftest import Stack, _declared_elsewhere
 

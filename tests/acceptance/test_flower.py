@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from celery_reliable import MESSAGE_ID_HEADER
-from tests.support import WorkerProcess, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import celery_process
 
 from .conftest import Stack
 
@@ -31,7 +32,7 @@ def free_port() -> int:
 @contextmanager
 def flower(stack: Stack) -> Iterator[str]:
     port = free_port()
-    process = WorkerProcess(
+    process = celery_process(
         ["-A", APP, "flower", f"--port={port}", "--address=127.0.0.1"],
         {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"},
         stack.dir / "flower.log",

@@ -20,7 +20,8 @@ import pytest
 from celery import Celery
 
 from celery_reliable import MESSAGE_ID_HEADER, DeadLetterReason
-from tests.support import FaultyLink, require, wait_for
+from celery_reliable.testing import FaultyLink, wait_for
+from tests.support import require
 
 from .intake import LeavesAMark, still_working
 
@@ -226,8 +227,7 @@ def test_a_message_that_expires_while_it_waits_for_its_eta_is_dead_lettered(post
 @pytest.mark.parametrize("bad", ["unknown-task", "expired"])
 def test_a_message_waits_on_the_broker_while_the_store_is_unreachable(postgres_stack, bad):
     stack = postgres_stack
-    url = stack.reliable.database.url
-    link = FaultyLink(url.host or "127.0.0.1", url.port or 5432)
+    link = FaultyLink.to(stack.db)
     try:
         with stack.worker(RT_DB=link.url_for(stack.db)) as worker:
             still_working(stack, worker)

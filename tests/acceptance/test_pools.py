@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celery_reliable import MESSAGE_ID_HEADER
-from tests.support import wait_for
+from celery_reliable.testing import wait_for
 
 
 @pytest.mark.parametrize("pool", ["prefork", "threads", "solo"])

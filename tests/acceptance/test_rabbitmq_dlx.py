@@ -11,8 +11,9 @@ from kombu import Queue
 
 from celery_reliable import ConfigurationError, DeadLetterReason
 from celery_reliable.rabbitmq import use_dead_letter_exchange
+from celery_reliable.testing import wait_for
 from tests.acceptance.conftest import Stack
-from tests.support import make_app, require, unique, wait_for
+from tests.support import make_app, require, unique
 
 
 def depth(app, queue: str) -> int:

@@ -6,13 +6,13 @@ import os
 import signal
 import subprocess
 import sys
-from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from tests.support import ROOT, FaultyLink, wait_for
+from celery_reliable.testing import FaultyLink, wait_for
+from tests.support import ROOT
 
 APP = "tests.acceptance.worker_app"
 
@@ -129,8 +129,7 @@ def test_a_relay_killed_mid_run_loses_nothing_and_doubles_no_effect(postgres_sta
 
 def test_rows_wait_out_a_broker_outage_without_using_attempts_then_flow(postgres_stack):
     stack = postgres_stack
-    parts = urlsplit(stack.broker)
-    link = FaultyLink(parts.hostname or "127.0.0.1", parts.port or _PORTS[parts.scheme])
+    link = FaultyLink.to(stack.broker)
     command, env = relay_command(stack)
     env["RT_BROKER"] = link.url_for(stack.broker)  # only the relay goes through the proxy
     relay = subprocess.Popen(
@@ -156,9 +155,6 @@ def test_rows_wait_out_a_broker_outage_without_using_attempts_then_flow(postgres
     with stack.reliable.database.engine.connect() as conn:
         errors = conn.execute(select(t.c.last_error).where(t.c.attempts > 0)).scalars().all()
     assert errors == []  # an unreachable broker is not the messages' fault
-
-
-_PORTS = {"redis": 6379, "amqp": 5672}
 
 
 def _tried_and_released(stack) -> int:

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.support import ROOT, WorkerProcess, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import ROOT, celery_process
 
 from .test_flower import free_port
 
@@ -63,13 +64,13 @@ def test_worker_relay_and_beat_as_separate_processes(shop_env: dict[str, str], t
         shop_env, "-m", "celery", "-A", SHOP, "reliable", "db", "upgrade"
     )
     processes = [
-        WorkerProcess(
+        celery_process(
             ["-A", SHOP, "worker", "--loglevel=INFO", "-P", "threads"],
             shop_env,
             tmp_path / "worker.log",
         ),
-        WorkerProcess(["-A", SHOP, "reliable", "relay"], shop_env, tmp_path / "relay.log"),
-        WorkerProcess(
+        celery_process(["-A", SHOP, "reliable", "relay"], shop_env, tmp_path / "relay.log"),
+        celery_process(
             ["-A", SHOP, "beat", "--loglevel=INFO", f"--schedule={tmp_path / 'schedule'}"],
             shop_env,
             tmp_path / "beat.log",
@@ -112,7 +113,7 @@ def test_flower_with_the_dead_letters_page_starts_as_the_readme_says(
 ):
     run(shop_env, "-m", "celery", "-A", SHOP, "reliable", "db", "upgrade")
     port = free_port()
-    flower = WorkerProcess(
+    flower = celery_process(
         [
             "-A",
             SHOP,

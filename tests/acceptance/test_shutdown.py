@@ -6,7 +6,7 @@ import os
 import signal
 
 from celery_reliable.store.base import Status
-from tests.support import wait_for
+from celery_reliable.testing import wait_for
 
 
 def test_a_cold_shutdown_hands_back_the_claim_uncounted_and_the_message_runs_once(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from celery_reliable.store.base import Status
-from tests.support import wait_for
+from celery_reliable.testing import wait_for
 
 
 @pytest.mark.parametrize("kill_point", ["before_commit", "after_commit"])

@@ -18,8 +18,9 @@ from typing import Any
 import amqp
 import pytest
 
+from celery_reliable.testing import wait_for
 from tests.acceptance.conftest import Stack
-from tests.support import require, wait_for
+from tests.support import require
 
 pytestmark = pytest.mark.services
 

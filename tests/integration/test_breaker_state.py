@@ -10,7 +10,8 @@ import redis
 
 from celery_reliable import ConfigurationError
 from celery_reliable.breakers import Breakers, _wait
-from tests.support import require, unique, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import require, unique
 
 
 class Down(Exception):

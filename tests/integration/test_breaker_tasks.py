@@ -13,8 +13,8 @@ from celery.contrib.testing.worker import start_worker
 from celery_reliable import DeadLetterReason, Reliable, ReliableTask, RetryPolicy
 from celery_reliable.states import DEAD_LETTERED
 from celery_reliable.store.base import Status
-from celery_reliable.testing import drop_store
-from tests.support import make_app, require, unique, wait_for
+from celery_reliable.testing import drop_store, wait_for
+from tests.support import make_app, require, unique
 
 
 class Gateway:

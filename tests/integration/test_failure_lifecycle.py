@@ -23,7 +23,8 @@ from celery_reliable.poison import Verdict
 from celery_reliable.retry import RetryPolicy
 from celery_reliable.states import DEAD_LETTERED, DUPLICATE
 from celery_reliable.store.base import Status
-from tests.support import make_app, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import make_app
 
 QUICK = RetryPolicy.fixed(2, 0.05)
 

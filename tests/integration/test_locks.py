@@ -24,7 +24,8 @@ from celery_reliable.locks import (
 )
 from celery_reliable.settings import Settings
 from celery_reliable.store.database import Database
-from tests.support import require, unique, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import require, unique
 
 TTL = timedelta(seconds=1)
 

@@ -10,7 +10,8 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from celery_reliable import MESSAGE_ID_HEADER, Reliable, ReliableTask, RetryPolicy
 from celery_reliable.states import DEAD_LETTERED, DUPLICATE
-from tests.support import make_app, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import make_app
 
 READER = InMemoryMetricReader()
 

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from celery_reliable import EnqueueError, Reliable, ReliableTask
 from celery_reliable.inbox import utcnow
-from tests.support import make_app, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import make_app
 
 
 class Shop:

@@ -7,7 +7,8 @@ import threading
 from sqlalchemy import func, select
 
 from celery_reliable import Reliable
-from tests.support import make_app, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import make_app
 
 
 def app_for(db_url, prefix, tmp_path, **conf):

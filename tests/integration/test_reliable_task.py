@@ -15,7 +15,8 @@ from sqlalchemy.exc import OperationalError
 from celery_reliable import DUPLICATE, MESSAGE_ID_HEADER, Reliable, ReliableTask
 from celery_reliable.states import DEAD_LETTERED
 from celery_reliable.store.base import Status
-from tests.support import make_app, wait_for
+from celery_reliable.testing import wait_for
+from tests.support import make_app
 
 
 class Harness:

@@ -1,7 +1,7 @@
-"""Helpers for testing code that uses celery_reliable (this project's own tests use them too).
+"""A store per test without a database per test.
 
 Give each test its own ``reliable_table_prefix`` against a shared database, then drop what
-it created with :func:`drop_store`; no database per test is needed.
+it created with :func:`drop_store`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""Messages prepared at enqueue are byte for byte what kombu would publish for the row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from amqp import Message
+from kombu import Connection, Producer
+from kombu.utils import json as kombu_json
+
+from celery_reliable import wire
+
+BODY = '[["h\u00e9llo \u2603"], {}, {"callbacks": null}]'.encode()
+HEADERS = kombu_json.dumps({"task": "t", "id": "1", "argsrepr": "('h\u00e9llo',)", "retries": 0})
+
+
+def test_the_redis_envelope_is_what_kombus_virtual_transports_push():
+    properties = {"correlation_id": "1", "reply_to": "r", "delivery_mode": 2}
+    captured: list[dict[str, Any]] = []
+    with Connection("memory://") as conn:  # the same prepare/augment code as Redis
+        channel = conn.default_channel
+        channel._put = lambda queue, message, **kwargs: captured.append(message)
+        Producer(channel).publish(
+            BODY,
+            routing_key="q",
+            content_type="application/json",
+            content_encoding="utf-8",
+            headers=kombu_json.loads(HEADERS),
+            **properties,
+        )
+    (message,) = captured
+    envelope = wire.redis_envelope(
+        BODY,
+        "application/json",
+        "utf-8",
+        HEADERS,
+        kombu_json.dumps(properties),
+        "",
+        "q",
+        message["properties"]["delivery_tag"],
+    )
+    assert envelope == kombu_json.dumps(message).encode()  # what the Redis transport LPUSHes
+
+
+def test_amqp_properties_are_what_py_amqp_serializes_for_kombus_message():
+    properties = {"correlation_id": "1", "reply_to": "r", "delivery_mode": 2, "priority": 3}
+    kombus = Message(
+        BODY,
+        priority=3,
+        content_type="application/json",
+        content_encoding="utf-8",
+        application_headers=kombu_json.loads(HEADERS),
+        correlation_id="1",
+        reply_to="r",
+        delivery_mode=2,
+    )
+    stored = wire.amqp_properties(
+        "application/json", "utf-8", HEADERS, kombu_json.dumps(properties)
+    )
+    assert stored == kombus._serialize_properties()
+    assert wire.PreparedMessage(BODY, stored)._serialize_properties() == stored
+
+
+def test_a_message_with_a_priority_is_not_prepared_for_redis():
+    assert wire.format_for("redis", None) == wire.REDIS
+    assert wire.format_for("redis", 5) is None  # kombu picks the priority list
+    assert wire.format_for("amqp", 5) == wire.AMQP
+    assert wire.format_for("memory", None) is None

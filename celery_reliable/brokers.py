@@ -26,9 +26,9 @@ from celery import Celery
 from kombu.common import maybe_declare
 from kombu.messaging import Producer
 from kombu.utils import json as kombu_json
-from kombu.utils.uuid import uuid
 
 from . import wire
+from .store.outbox_rows import Claimed
 
 CONFIRM_TIMEOUT = 30.0
 
@@ -39,7 +39,7 @@ class BatchPublisher(Protocol):
     def batch(self) -> contextlib.AbstractContextManager[None]:
         """A batch of publishes; leaving it sends what is still buffered."""
 
-    def publish(self, row: Any) -> None:
+    def publish(self, row: Claimed) -> None:
         """Publish one claimed row; raise if the broker or this message failed."""
 
     def confirmed(self) -> tuple[list[int], dict[int, str]]:
@@ -73,7 +73,7 @@ class _Publisher:
             maybe_declare(self.app.amqp.queues[queue], self.channel)  # type: ignore[no-untyped-call]
             self._declared.add(queue)
 
-    def _publish_columns(self, row: Any) -> None:
+    def _publish_columns(self, row: Claimed) -> None:
         """The slow path: kombu builds the message from the row's columns."""
         self.producer.publish(
             row.body,
@@ -91,7 +91,7 @@ class _Publisher:
 class ImmediatePublisher(_Publisher):
     """A publish that returned is on the broker (the memory transport, ...)."""
 
-    def publish(self, row: Any) -> None:
+    def publish(self, row: Claimed) -> None:
         self._declare(row.queue)
         self._publish_columns(row)
         self._acked.append(row.id)
@@ -104,11 +104,13 @@ class RedisPublisher(_Publisher):
         super().__init__(connection, app)
         self._pipeline: Any = None
         self._pushed: list[int] = []  # row ids in the pipeline, in order
+        self._tags = wire.delivery_tags()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
         with self.channel.conn_or_acquire() as client:
             self._pipeline = client.pipeline(transaction=False)
+            self._tags = wire.delivery_tags()
             try:
                 yield
                 self._flush()
@@ -116,7 +118,7 @@ class RedisPublisher(_Publisher):
                 self._pipeline.reset()
                 self._pipeline, self._pushed = None, []
 
-    def publish(self, row: Any) -> None:
+    def publish(self, row: Claimed) -> None:
         self._declare(row.queue)
         # kombu's Redis transport: the default exchange names the list by the routing key
         # (a "redis" row has no priority, so no priority list), and a queue declared to
@@ -134,7 +136,7 @@ class RedisPublisher(_Publisher):
                 row.properties,
                 row.exchange,
                 row.routing_key,
-                uuid(),
+                next(self._tags),
             )
             self._pipeline.lpush(row.routing_key, envelope)
             self._pushed.append(row.id)
@@ -179,7 +181,7 @@ class ConfirmingPublisher(_Publisher):
         self._checked.clear()
         yield
 
-    def publish(self, row: Any) -> None:
+    def publish(self, row: Claimed) -> None:
         self._declare(row.queue)
         if row.exchange and row.exchange not in self._checked:
             # A publish to a missing exchange makes RabbitMQ close the channel later, while
@@ -187,7 +189,7 @@ class ConfirmingPublisher(_Publisher):
             # passive declare fails at once, for this message.
             self.channel.exchange_declare(row.exchange, "direct", passive=True)
             self._checked.add(row.exchange)
-        if row.wire_format == wire.AMQP:
+        if row.wire_format == wire.AMQP and row.wire is not None:
             self.channel.basic_publish(
                 wire.PreparedMessage(row.body, row.wire),
                 exchange=row.exchange,

@@ -28,7 +28,7 @@ from .exceptions import LockLost
 from .inbox import utcnow
 from .locks import Lock
 from .settings import Settings
-from .store.outbox_rows import OutboxRows
+from .store.outbox_rows import Claimed, OutboxRows
 from .store.tables import Tables
 from .store.wakeup import wakeup_for
 
@@ -129,7 +129,7 @@ class Relay:
             )
         return len(claimed), marked
 
-    def _publish_batch(self, claimed: Sequence[Any], token: str, sent: list[int]) -> None:
+    def _publish_batch(self, claimed: Sequence[Claimed], token: str, sent: list[int]) -> None:
         """Publish the rows in order and learn once, for the batch, what the broker has.
 
         Appends the ids the broker confirmed to ``sent``; broker errors propagate. When a
@@ -159,9 +159,9 @@ class Relay:
                         failed_keys.add(row.ordering_key)
         acked, refused = publisher.confirmed()
         sent.extend(acked)
-        attempts = {row.id: row.attempts for row in claimed}
-        for row_id, reason in refused.items():
-            self._failed(row_id, attempts[row_id], token, reason)
+        for row in claimed:
+            if row.id in refused:
+                self._failed(row.id, row.attempts, token, refused[row.id])
         self.rows.release(held_back, token)
 
     def _failed(self, row_id: int, attempts: int, token: str, error: str) -> None:

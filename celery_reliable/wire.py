@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+from collections.abc import Iterator
 from functools import lru_cache
 
 from amqp import Message  # type: ignore[import-untyped]
@@ -102,6 +104,24 @@ def redis_envelope(
             '"}}',
         )
     ).encode("utf-8")
+
+
+def delivery_tags() -> Iterator[str]:
+    """Random (version 4) UUID strings, as kombu's delivery tags, three times faster.
+
+    ``str(uuid.uuid4())`` costs about 4 us, a noticeable share of a relayed message; these
+    come from one ``os.urandom`` call per 512, formatted by hand. Use one per batch, so that
+    no random bytes outlive it (in a process that might fork).
+    """
+    while True:
+        chunk = os.urandom(16 * 512).hex()
+        for start in range(0, len(chunk), 32):
+            h = chunk[start : start + 32]
+            yield f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+#: The RFC 4122 variant bits (10xx) over a random hex digit.
+_VARIANT = {digit: "89ab"[int(digit, 16) & 3] for digit in "0123456789abcdef"}
 
 
 @lru_cache(maxsize=1024)

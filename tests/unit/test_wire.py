@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from amqp import Message
@@ -66,3 +67,12 @@ def test_a_message_with_a_priority_is_not_prepared_for_redis():
     assert wire.format_for("redis", 5) is None  # kombu picks the priority list
     assert wire.format_for("amqp", 5) == wire.AMQP
     assert wire.format_for("memory", None) is None
+
+
+def test_delivery_tags_are_distinct_version_4_uuids_like_kombus():
+    tags = wire.delivery_tags()
+    drawn = [next(tags) for _ in range(2000)]  # across a refill of the random bytes
+    assert len(set(drawn)) == len(drawn)
+    for tag in drawn:
+        parsed = uuid.UUID(tag)
+        assert (str(parsed), parsed.version, parsed.variant) == (tag, 4, uuid.RFC_4122)

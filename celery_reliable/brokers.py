@@ -9,11 +9,12 @@ One publisher per broker connection, behind one small interface the relay uses:
   reply for each push is that row's confirmation (an error reply refuses the row alone).
 - Anything else: kombu's ordinary publish; its return is the confirmation.
 
-A row stored in the publisher's wire format (``celery_reliable.wire``) is published as
-those bytes (the fast path: no message is built, nothing is serialized). Other rows (written
-before the wire columns existed, or for another transport, or, on Redis, routed through a
-named exchange, whose bindings kombu resolves) go through kombu's ``Producer.publish``
-from their columns, in the same order.
+A row prepared for the publisher's transport (``celery_reliable.wire``) is published as
+stored bytes (the fast path: no message is built, nothing is serialized). Other rows go
+through kombu's ``Producer.publish`` from their columns, in the same order: rows written
+before the wire columns existed or prepared for another transport, and on Redis rows with a
+priority, routed through a named exchange (whose bindings kombu resolves) or to a queue
+declared to expire.
 """
 
 from __future__ import annotations

@@ -67,7 +67,10 @@ class RelayHooks:
 
 
 class Relay:
-    """Publishes due outbox rows in batches; several relays may run at once."""
+    """Publishes due outbox rows in batches; several relays may run at once.
+
+    One relay per thread: it keeps a broker connection and what its publisher has sent.
+    """
 
     def __init__(
         self,

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from celery_reliable import EnqueueError, Reliable, ReliableTask
 from celery_reliable.inbox import utcnow
+from celery_reliable.relay import Relay
 from tests.support import make_app, wait_for
 
 
@@ -195,10 +196,14 @@ def test_relays_racing_publish_each_row_once(shop):
             shop.reliable.outbox.enqueue(conn, shop.receipt.s(n), message_id=f"race-{n}")
     barrier = threading.Barrier(3)
     counts: list[int] = []
+    reliable = shop.reliable
 
     def relay():
+        # A relay of its own, with its own broker connection, as each relay process has.
+        mine = Relay(shop.app, reliable.relay.rows, reliable.settings, reliable.tables)
         barrier.wait()
-        counts.append(shop.reliable.relay.drain())
+        counts.append(mine.drain())
+        mine.close()
 
     threads = [threading.Thread(target=relay) for _ in range(3)]
     for thread in threads:

@@ -10,6 +10,7 @@ message fails here, before anything is written, where the caller can still react
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -149,6 +150,14 @@ class Outbox:
             raise EnqueueError(f"headers of {name!r} are not JSON-serializable: {exc}") from exc
         encoded_properties = kombu_json.dumps(properties)  # type: ignore[no-untyped-call]
         wire_format = wire.format_for(self._driver_type, properties.get("priority"))
+        prepared = None
+        if wire_format == wire.AMQP:
+            try:
+                prepared = wire.amqp_properties(
+                    content_type, content_encoding, encoded_headers, encoded_properties
+                )
+            except struct.error as exc:  # an integer beyond AMQP's 64 bits, say
+                raise EnqueueError(f"headers of {name!r} do not fit AMQP: {exc}") from exc
         return {
             "message_id": headers.get(MESSAGE_ID_HEADER, task_id),
             "task_id": task_id,
@@ -162,11 +171,7 @@ class Outbox:
             "headers": encoded_headers,
             "properties": encoded_properties,
             "wire_format": wire_format,
-            "wire": wire.amqp_properties(
-                content_type, content_encoding, encoded_headers, encoded_properties
-            )
-            if wire_format == wire.AMQP
-            else None,
+            "wire": prepared,
             "ordering_key": ordering_key,
             "status": "pending",
             "attempts": 0,

@@ -5,11 +5,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import pytest
 from amqp import Message
 from kombu import Connection, Producer
 from kombu.utils import json as kombu_json
 
-from celery_reliable import wire
+from celery_reliable import EnqueueError, Reliable, wire
+from tests.support import make_app
 
 BODY = '[["h\u00e9llo \u2603"], {}, {"callbacks": null}]'.encode()
 HEADERS = kombu_json.dumps({"task": "t", "id": "1", "argsrepr": "('h\u00e9llo',)", "retries": 0})
@@ -76,3 +78,17 @@ def test_delivery_tags_are_distinct_version_4_uuids_like_kombus():
     for tag in drawn:
         parsed = uuid.UUID(tag)
         assert (str(parsed), parsed.version, parsed.variant) == (tag, 4, uuid.RFC_4122)
+
+
+def test_headers_that_amqp_cannot_carry_are_refused_at_enqueue(tmp_path):
+    app = make_app("amqp://guest@127.0.0.1//", f"sqlite:///{tmp_path / 's.db'}", "w_")
+    app.task(name="w.ship", shared=False)(_ship)
+    outbox = Reliable.of(app).outbox  # preparing a row connects to nothing
+    row = outbox.build_row(app.signature("w.ship"), None, None, None, None, {})
+    assert row["wire_format"] == wire.AMQP
+    with pytest.raises(EnqueueError, match="do not fit AMQP"):
+        outbox.build_row(app.signature("w.ship"), None, None, None, None, {"headers": {"n": 2**70}})
+
+
+def _ship() -> None:
+    """Enqueued, never run."""

@@ -1,5 +1,8 @@
 """``python -m benchmarks [name ...] [--count N] [--brokers redis,rabbitmq] [--repeat K]``.
 
+``python -m benchmarks relay --rows 1000000`` measures the relay's memory over a long drain
+instead of its throughput.
+
 Runs the named benchmarks (all of them when none is named), each printing its own section,
 then ONE table of every measure beside its baseline from the same run, the ratio, the
 target and whether it was met. ``--markdown`` prints that table for docs/performance.md.
@@ -15,7 +18,7 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import cleanup, inbox, relay_report, replay
+from . import cleanup, inbox, relay, relay_report, replay
 from .report import Row, load, render
 
 BENCHMARKS: dict[str, Callable[[int | None, list[str], int], list[Row]]] = {
@@ -33,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     inbox.add_arguments(parser)
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument(
+        "--rows",
+        type=inbox.at_least(1000),
+        default=None,
+        help="relay: drain this many rows once and report the relay's memory instead",
+    )
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in BENCHMARKS]
     if unknown:
@@ -42,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in args.names or BENCHMARKS:
         try:
+            if name == "relay" and args.rows:
+                relay.memory(args.rows, args.brokers)  # a memory report, not a table row
+                continue
             rows += BENCHMARKS[name](args.count, args.brokers, args.repeat)
         except Exception:  # a report: say what failed, and still show the others
             traceback.print_exc()

@@ -14,6 +14,13 @@ three ways, each timed from the first claim to the last mark:
 Also the commit-to-broker latency (p50/p99) of single-message transactions with a running
 relay. Targets (issue: relay >= 0.8x the raw loop; latency p50 <= 10 ms, p99 <= 100 ms)
 are printed beside the figures.
+
+With ``--rows N`` it measures memory instead: N rows are enqueued, then a child process
+(so that the filling's memory is not counted) drains them with ``reliable.relay.drain()``
+and samples its resident set size after every batch. A thread of the parent empties the
+queue meanwhile, so that the broker does not hold N messages. The relay's memory must not
+grow with the rows it has moved: the report shows the RSS as the drain progresses and its
+peak.
 """
 
 from __future__ import annotations
@@ -21,19 +28,23 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import resource
 import statistics
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import insert, select, update
 
 from celery_reliable import Reliable
 
-from .inbox import BROKERS, STORE, drop_tables, unreachable
+from .inbox import BROKERS, ROOT, STORE, drop_tables, unreachable
 
 BATCH = 500
+FILL_CHUNK = 5000
 
 
 def _app(kind: str, prefix: str) -> Any:
@@ -239,3 +250,102 @@ def run(count: int, brokers: list[str], repeat: int) -> None:
             purge()
             reliable.database.dispose()
             drop_tables(prefix)
+
+
+def memory(rows: int, brokers: list[str]) -> None:
+    """Drain ``rows`` outbox rows in a child process and report its memory as it goes."""
+    print(f"\ncelery_reliable relay memory: draining {rows} rows, batches of {BATCH}")
+    for kind in brokers:
+        if reason := unreachable(kind):
+            print(f"{kind:<10}skipped: {reason}")
+            continue
+        prefix = f"benchm{uuid.uuid4().hex[:8]}_"
+        app = _app(kind, prefix)
+        reliable = Reliable.of(app)
+        reliable.create_schema()
+        queue_name = f"q_{prefix}"
+        stop = threading.Event()
+        sink = threading.Thread(target=_empty_queue, args=(app, queue_name, stop))
+        try:
+            started = time.perf_counter()
+            _fill_in_chunks(reliable, app.tasks["bench.noop"], rows)
+            print(f"{kind}: filled in {time.perf_counter() - started:.0f} s", flush=True)
+            sink.start()
+            child = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    f"from benchmarks.relay import _drain; _drain({kind!r}, {prefix!r})",
+                ],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            _report(kind, json.loads(child.stdout.splitlines()[-1]))
+        finally:
+            stop.set()
+            if sink.is_alive():
+                sink.join()
+            purge = functools.partial(_purge, app, queue_name)
+            purge()
+            reliable.database.dispose()
+            drop_tables(prefix)
+
+
+def _fill_in_chunks(reliable: Any, task: Any, count: int) -> None:
+    """Rows as ``enqueue`` writes them, inserted many per statement (faster to fill)."""
+    for start in range(0, count, FILL_CHUNK):
+        chunk = [
+            reliable.outbox.build_row(task.s(n), None, None, None, None, {})
+            for n in range(start, min(count, start + FILL_CHUNK))
+        ]
+        with reliable.database.engine.begin() as conn:
+            conn.execute(insert(reliable.tables.outbox), chunk)
+
+
+def _empty_queue(app: Any, queue_name: str, stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        _purge(app, queue_name)
+
+
+def _drain(kind: str, prefix: str) -> None:
+    """The child: drain every row, sampling this process's RSS after each batch."""
+    reliable = Reliable.of(_app(kind, prefix))
+    samples: list[tuple[int, float]] = [(0, _rss_mb())]
+
+    def sample(claimed: int) -> None:
+        samples.append((samples[-1][0] + claimed, _rss_mb()))
+
+    started = time.perf_counter()
+    sent = reliable.relay.drain(sample)
+    seconds = time.perf_counter() - started
+    reliable.relay.close()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps({"sent": sent, "seconds": seconds, "samples": samples, "maxrss": peak}))
+
+
+def _rss_mb() -> float:
+    """Resident set size now (Linux: /proc/self/statm, in pages)."""
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _report(kind: str, result: dict[str, Any]) -> None:
+    samples = result["samples"]
+    total = samples[-1][0]
+    print(
+        f"{kind}: {result['sent']} sent in {result['seconds']:.0f} s "
+        f"({result['sent'] / result['seconds']:.0f}/s); RSS as the drain progresses:"
+    )
+    marks = [samples[0]] + [
+        next(s for s in samples if s[0] >= total * share / 10) for share in range(1, 11)
+    ]
+    print("  " + "  ".join(f"{moved:>8}: {rss:.1f} MB" for moved, rss in marks[:6]))
+    print("  " + "  ".join(f"{moved:>8}: {rss:.1f} MB" for moved, rss in marks[6:]))
+    after_first = [rss for moved, rss in samples if moved >= total / 10]
+    print(
+        f"  peak RSS sampled after each of {len(samples) - 1} batches: "
+        f"{max(rss for _, rss in samples):.1f} MB (ru_maxrss {result['maxrss']:.1f} MB); "
+        f"growth from 10% to the end: {max(after_first) - after_first[0]:+.1f} MB"
+    )

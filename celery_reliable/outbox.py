@@ -2,15 +2,18 @@
 
 ``enqueue`` writes the complete message (routing, headers and the body already serialized)
 as a row through the caller's Session or Connection, so the message exists if and only if
-that transaction commits. The relay (``celery_reliable.relay``) later moves the stored
-bytes to the broker unchanged: everything that can fail about a message fails here, before
-anything is written, where the caller can still react.
+that transaction commits. The row also holds the message as the producer's broker
+transport sends it (``celery_reliable.wire``), so the relay (``celery_reliable.relay``)
+later moves the stored bytes to the broker unchanged: everything that can fail about a
+message fails here, before anything is written, where the caller can still react.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 from celery import Celery, Signature, current_task
@@ -21,6 +24,7 @@ from kombu.utils import json as kombu_json
 from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
+from . import wire
 from .exceptions import EnqueueError, InvalidMessageId
 from .inbox import utcnow
 from .message import MESSAGE_ID_HEADER, SENT_AT_HEADER, validate_message_id
@@ -67,6 +71,12 @@ class Outbox:
         row = self.build_row(signature, message_id, ordering_key, countdown, eta, celery_options)
         session_or_connection.execute(insert(self.table).values(row))
         return str(row["message_id"])
+
+    @cached_property
+    def _driver_type(self) -> str:
+        """The producer app's broker transport, for which rows are prepared (``wire``)."""
+        with self.app.connection_for_write() as connection:
+            return str(connection.transport.driver_type)
 
     def build_row(
         self,
@@ -138,6 +148,16 @@ class Outbox:
             encoded_headers = kombu_json.dumps({**message.headers, **headers})  # type: ignore[no-untyped-call]
         except TypeError as exc:
             raise EnqueueError(f"headers of {name!r} are not JSON-serializable: {exc}") from exc
+        encoded_properties = kombu_json.dumps(properties)  # type: ignore[no-untyped-call]
+        wire_format = wire.format_for(self._driver_type, properties.get("priority"))
+        prepared = None
+        if wire_format == wire.AMQP:
+            try:
+                prepared = wire.amqp_properties(
+                    content_type, content_encoding, encoded_headers, encoded_properties
+                )
+            except struct.error as exc:  # an integer beyond AMQP's 64 bits, say
+                raise EnqueueError(f"headers of {name!r} do not fit AMQP: {exc}") from exc
         return {
             "message_id": headers.get(MESSAGE_ID_HEADER, task_id),
             "task_id": task_id,
@@ -149,7 +169,9 @@ class Outbox:
             "content_type": content_type,
             "content_encoding": content_encoding,
             "headers": encoded_headers,
-            "properties": kombu_json.dumps(properties),  # type: ignore[no-untyped-call]
+            "properties": encoded_properties,
+            "wire_format": wire_format,
+            "wire": prepared,
             "ordering_key": ordering_key,
             "status": "pending",
             "attempts": 0,

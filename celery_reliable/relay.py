@@ -22,15 +22,13 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Celery
-from kombu.messaging import Producer
-from kombu.utils import json as kombu_json
 
-from .brokers import BROKER_UNCERTAIN, BatchPublisher, ImmediatePublisher, publisher_for
+from .brokers import BatchPublisher, publisher_for
 from .exceptions import LockLost
 from .inbox import utcnow
 from .locks import Lock
 from .settings import Settings
-from .store.outbox_rows import OutboxRows
+from .store.outbox_rows import Claimed, OutboxRows
 from .store.tables import Tables
 from .store.wakeup import wakeup_for
 
@@ -69,7 +67,10 @@ class RelayHooks:
 
 
 class Relay:
-    """Publishes due outbox rows in batches; several relays may run at once."""
+    """Publishes due outbox rows in batches; several relays may run at once.
+
+    One relay per thread: it keeps a broker connection and what its publisher has sent.
+    """
 
     def __init__(
         self,
@@ -85,7 +86,7 @@ class Relay:
         self.tables = tables
         self.hooks = hooks or RelayHooks()
         self._connection: Any = None  # kept across batches; rebuilt after a failure
-        self._publisher: BatchPublisher = ImmediatePublisher()
+        self._publisher: BatchPublisher | None = None
 
     def run_batch(self) -> int:
         """Claim, publish and mark one batch; return how many rows were confirmed sent."""
@@ -121,7 +122,8 @@ class Relay:
             logger.warning("relay lost the broker after %d of %d: %s", len(sent), len(claimed), exc)
             self._drop_broker()
             self.rows.mark_sent(sent, token, utcnow())
-            self.rows.release([r.id for r in claimed if r.id not in sent], token)
+            confirmed = set(sent)
+            self.rows.release([r.id for r in claimed if r.id not in confirmed], token)
             raise
         marked = self.rows.mark_sent(sent, token, utcnow())
         if marked < len(sent):
@@ -130,23 +132,24 @@ class Relay:
             )
         return len(claimed), marked
 
-    def _publish_batch(self, claimed: Sequence[Any], token: str, sent: list[int]) -> None:
-        """Publish each row and wait for the broker's confirmations once for the batch.
+    def _publish_batch(self, claimed: Sequence[Claimed], token: str, sent: list[int]) -> None:
+        """Publish the rows in order and learn once, for the batch, what the broker has.
 
-        Appends the ids the broker confirmed to ``sent``; broker errors propagate.
+        Appends the ids the broker confirmed to ``sent``; broker errors propagate. When a
+        row with an ordering key fails here, the rest of its key in this batch is handed
+        back unpublished, so nothing overtakes it.
         """
         connection, publisher = self._broker()
-        producer = Producer(connection.default_channel)  # type: ignore[no-untyped-call]
-        declared: set[str] = set()  # queues declared in this batch
-        checked: set[str] = set()  # exchanges known to exist (Celery names them like queues)
-        with publisher.batch(producer, len(claimed)):
+        failed_keys: set[str] = set()
+        held_back: list[int] = []
+        with publisher.batch():
             for row in claimed:
+                if row.ordering_key in failed_keys:
+                    held_back.append(row.id)
+                    continue
                 try:
-                    if row.exchange and row.exchange not in checked:
-                        publisher.check_exchange(producer.channel, row.exchange)
-                        checked.add(row.exchange)
-                    self._publish(producer, row, declared, publisher.mandatory)
-                except connection.connection_errors + BROKER_UNCERTAIN:
+                    publisher.publish(row)
+                except connection.connection_errors:
                     raise  # the broker's trouble, not this message's: the batch is handed back
                 except connection.channel_errors as exc:
                     # The broker closed the channel over this message (an exchange that does
@@ -155,18 +158,14 @@ class Relay:
                     raise _ChannelClosedByMessage() from exc
                 except Exception as exc:  # this message, not the broker
                     self._failed(row.id, row.attempts, token, f"{type(exc).__name__}: {exc}")
-                else:
-                    publisher.published(row.id, row.task_id)
-        acked, nacked = publisher.confirmed()
+                    if row.ordering_key is not None:
+                        failed_keys.add(row.ordering_key)
+        acked, refused = publisher.confirmed()
         sent.extend(acked)
-        attempts = {row.id: row.attempts for row in claimed}
-        for row_id in nacked:
-            self._failed(
-                row_id,
-                attempts[row_id],
-                token,
-                "the broker did not take it (nack, or returned as unroutable)",
-            )
+        for row in claimed:
+            if row.id in refused:
+                self._failed(row.id, row.attempts, token, refused[row.id])
+        self.rows.release(held_back, token)
 
     def _failed(self, row_id: int, attempts: int, token: str, error: str) -> None:
         logger.warning("outbox row %s failed to publish: %s", row_id, error)
@@ -240,15 +239,15 @@ class Relay:
 
     def _broker(self) -> tuple[Any, BatchPublisher]:
         """The relay's broker connection and its publisher, kept across batches."""
-        if self._connection is None:
+        if self._connection is None or self._publisher is None:
             connection = self.app.connection_for_write()
             connection.ensure_connection(max_retries=1)
-            self._publisher = publisher_for(connection)
+            self._publisher = publisher_for(connection, self.app)
             self._connection = connection
         return self._connection, self._publisher
 
     def _drop_broker(self) -> None:
-        connection, self._connection = self._connection, None
+        connection, self._connection, self._publisher = self._connection, None, None
         if connection is not None:
             try:
                 connection.release()
@@ -258,21 +257,3 @@ class Relay:
     def close(self) -> None:
         """Release the broker connection (the relay can be used again afterwards)."""
         self._drop_broker()
-
-    def _publish(self, producer: Producer, row: Any, declared: set[str], mandatory: bool) -> None:
-        declare = []
-        if row.queue and row.queue not in declared:  # as send_task does, once per batch
-            declare = [self.app.amqp.queues[row.queue]]
-            declared.add(row.queue)
-        producer.publish(
-            row.body,
-            exchange=row.exchange,
-            routing_key=row.routing_key,
-            content_type=row.content_type,
-            content_encoding=row.content_encoding,
-            headers=kombu_json.loads(row.headers),  # type: ignore[no-untyped-call]
-            declare=declare,
-            retry=False,
-            mandatory=mandatory,
-            **kombu_json.loads(row.properties),  # type: ignore[no-untyped-call]
-        )

@@ -42,6 +42,8 @@ RowId = BigInteger().with_variant(Integer(), "sqlite")
 #: The largest row id (and LIMIT or OFFSET) every store takes: a signed 64-bit integer.
 #: A larger number typed by a user is an error to report, not a query to send.
 MAX_ROW_ID = 2**63 - 1
+#: PostgreSQL: room in each outbox page for a claim's new row version (see migration 0006).
+OUTBOX_FILLFACTOR = 70
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -130,6 +132,10 @@ def build_tables(prefix: str) -> Tables:
         Column("content_encoding", String(64), nullable=False),
         Column("headers", LongText, nullable=False),  # JSON
         Column("properties", LongText, nullable=False),  # JSON
+        # The transport the message is prepared for (celery_reliable.wire), if any, and
+        # what it needs besides the columns above (AMQP: the serialized properties).
+        Column("wire_format", String(16)),
+        Column("wire", LongBinary),
         Column("ordering_key", Key),
         # pending | sent | poisoned (see celery_reliable.relay)
         Column("status", String(16), nullable=False),
@@ -142,6 +148,7 @@ def build_tables(prefix: str) -> Tables:
         Column("sent_at", UTCDateTime()),
         Index(f"{prefix}outbox_due", "status", "available_at", "id"),
         Index(f"{prefix}outbox_ordering", "ordering_key", "status", "id"),
+        postgresql_with={"fillfactor": OUTBOX_FILLFACTOR},
     )
     dead_letter = Table(
         f"{prefix}dead_letter",

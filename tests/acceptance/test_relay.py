@@ -54,6 +54,10 @@ def test_committed_messages_reach_the_worker_once_and_rolled_back_ones_never(pos
         wait_for(lambda: stack.effect_count() >= 200, 90, what="200 effects")
     assert stack.effect_count() == 200
     assert stack.count("runs") == 200
+    # Prepared for the broker at enqueue and published as bytes (celery_reliable.wire):
+    # the worker ran what the relay's fast path put on the broker.
+    driver = stack.producer.connection_for_write().transport.driver_type
+    assert {row.wire_format for row in stack.outbox_rows()} == {driver}
 
 
 def test_a_running_relay_publishes_new_commits_and_stops_cleanly_on_sigterm(postgres_stack):

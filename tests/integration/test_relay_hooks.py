@@ -91,11 +91,14 @@ def test_single_relay_mode_publishes_from_one_relay_and_fails_over(db_url, table
     try:
         enqueue(first, first_app, 20)
         wait_for(lambda: sent(first) == 20, 30, what="20 sent")
+        # The hook runs just after the rows are marked: wait for it, not for the rows.
+        wait_for(lambda: counted["first"] == 20, 10, what="the first relay's batch hooks")
         assert counted == {"first": 20, "second": 0}  # the second stood by
         stops["first"].set()
         threads["first"].join(30)  # releases the lock; the second takes over
         enqueue(first, first_app, 5)
         wait_for(lambda: sent(first) == 25, 30, what="the second relay to take over")
+        wait_for(lambda: counted["second"] == 5, 10, what="the second relay's batch hooks")
         assert counted == {"first": 20, "second": 5}
     finally:
         for name in stops:

@@ -5,7 +5,7 @@ import logging
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import column, inspect, table
+from sqlalchemy import column, insert, inspect, table
 
 from celery_reliable import ConfigurationError, Reliable
 from celery_reliable.store import migrate
@@ -68,3 +68,26 @@ def test_a_store_behind_is_refused_but_one_ahead_is_accepted(db_url, table_prefi
         ext.check_schema()
     assert "newer than this version's" in caplog.text
     ext.database.dispose()
+
+
+def test_rows_enqueued_before_the_wire_columns_are_relayed_after_upgrading(db_url, table_prefix):
+    app = make_app("memory://", db_url, table_prefix)
+    app.task(name="old.ship", shared=False)(_ship)
+    ext = Reliable.of(app)
+    migrate.upgrade(ext.database, ext.tables, "0005")  # before the wire columns
+    row = ext.outbox.build_row(app.signature("old.ship"), "old-1", None, None, None, {})
+    written_then = {k: v for k, v in row.items() if k not in ("wire_format", "wire")}
+    with ext.database.engine.begin() as conn:
+        conn.execute(insert(ext.tables.outbox).values(written_then))
+    ext.create_schema()
+    assert ext.relay.drain() == 1  # through kombu, from the row's columns
+    with app.connection_for_write() as conn:
+        message = conn.SimpleQueue(f"q_{table_prefix}").get(timeout=5)
+        assert message.headers["reliable_message_id"] == "old-1"
+        assert message.headers["id"] == row["task_id"]
+    ext.relay.close()
+    ext.database.dispose()
+
+
+def _ship() -> None:
+    """Enqueued, never run here."""

@@ -18,12 +18,12 @@ import time
 import traceback
 from collections.abc import Callable
 
-from . import cleanup, inbox, relay, relay_report, replay
+from . import cleanup, inbox, relay, replay
 from .report import Row, load, render
 
 BENCHMARKS: dict[str, Callable[[int | None, list[str], int], list[Row]]] = {
     "inbox": inbox.run,
-    "relay": relay_report.run,
+    "relay": relay.run,
     "replay": replay.run,
     "cleanup": cleanup.run,
 }

@@ -12,8 +12,8 @@ three ways, each timed from the first claim to the last mark:
   store.
 
 Also the commit-to-broker latency (p50/p99) of single-message transactions with a running
-relay. Targets (issue: relay >= 0.8x the raw loop; latency p50 <= 10 ms, p99 <= 100 ms)
-are printed beside the figures.
+relay. Targets (issue #7: relay >= 0.8x the raw loop; latency p50 <= 10 ms, p99 <= 100 ms)
+go into the report's table.
 
 With ``--rows N`` it measures memory instead: N rows are enqueued, then a child process
 (so that the filling's memory is not counted) drains them with ``reliable.relay.drain()``
@@ -42,9 +42,15 @@ from sqlalchemy import insert, select, update
 from celery_reliable import Reliable
 
 from .inbox import BROKERS, ROOT, STORE, drop_tables, unreachable
+from .report import Row, Target
 
 BATCH = 500
 FILL_CHUNK = 5000
+DEFAULT_COUNT = 10_000
+
+RELAY_TARGET = Target("ratio", ">=", 0.80)
+P50_TARGET = Target("value", "<=", 10)
+P99_TARGET = Target("value", "<=", 100)
 
 
 def _app(kind: str, prefix: str) -> Any:
@@ -201,17 +207,16 @@ def _arrivals(kind: str, queue_name: str, seen: dict[str, float], samples: int) 
     return thread
 
 
-def run(count: int, brokers: list[str], repeat: int) -> None:
+def run(count: int | None, brokers: list[str], repeat: int) -> list[Row]:
+    """The relay against the raw loop and apply_async, and commit-to-broker latency, as rows."""
+    count = count or DEFAULT_COUNT
     print(
         f"\ncelery_reliable relay benchmark: {count} messages, batches of {BATCH}, store postgresql"
     )
-    print(
-        f"{'broker':<10}{'raw loop':>10}{'relay':>10}{'apply_async':>13}"
-        f"{'relay/raw':>11}{'relay/apply_async':>19}{'latency p50/p99':>20}"
-    )
+    rows: list[Row] = []
     for kind in brokers:
         if reason := unreachable(kind):
-            print(f"{kind:<10}skipped: {reason}")
+            print(f"relay {kind}: skipped: {reason}")
             continue
         prefix = f"benchr{uuid.uuid4().hex[:8]}_"
         app = _app(kind, prefix)
@@ -221,35 +226,38 @@ def run(count: int, brokers: list[str], repeat: int) -> None:
         purge = functools.partial(_purge, app, queue_name)
         try:
             _fill(reliable, app.tasks["bench.noop"], count)
-            raw, rel, celery_rate = [], [], []
+            raw, relayed, published = [], [], []
             for _ in range(repeat):
                 _reset(reliable, purge)
                 raw.append(_raw_loop(kind, reliable, queue_name))
                 _reset(reliable, purge)
                 started = time.perf_counter()
                 moved = reliable.relay.drain()
-                rel.append(moved / (time.perf_counter() - started))
+                relayed.append(moved / (time.perf_counter() - started))
                 purge()
-                celery_rate.append(_apply_async_loop(app, count))
+                published.append(_apply_async_loop(app, count))
             purge()
-            lat = _latency(kind, reliable, app.tasks["bench.noop"], queue_name, 200)
-            r, w, a = (statistics.median(x) for x in (raw, rel, celery_rate))
-            p50, p99 = statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
-            print(
-                f"{kind:<10}{r:>10.0f}{w:>10.0f}{a:>13.0f}{w / r:>10.2f}x{w / a:>18.2f}x"
-                f"{p50:>12.1f}/{p99:.1f} ms",
-                flush=True,
-            )
-            print(
-                f"{'':<10}targets: relay/raw >= 0.80x {'PASS' if w / r >= 0.8 else 'MISS'}; "
-                f"p50 <= 10 ms {'PASS' if p50 <= 10 else 'MISS'}; "
-                f"p99 <= 100 ms {'PASS' if p99 <= 100 else 'MISS'}"
-            )
+            latency = _latency(kind, reliable, app.tasks["bench.noop"], queue_name, min(200, count))
         finally:
             reliable.relay.close()
             purge()
             reliable.database.dispose()
             drop_tables(prefix)
+        raw_rate, rate, apply_rate = (statistics.median(x) for x in (raw, relayed, published))
+        p50 = statistics.median(latency)
+        p99 = latency[max(0, int(len(latency) * 0.99) - 1)]
+        print(
+            f"relay {kind}: raw loop {raw_rate:,.0f}/s, relay {rate:,.0f}/s, "
+            f"apply_async {apply_rate:,.0f}/s, commit->broker p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+            flush=True,
+        )
+        rows += [
+            Row(f"relay {kind}: relay vs raw loop", rate, "/s", raw_rate, "raw", RELAY_TARGET),
+            Row(f"relay {kind}: relay vs apply_async", rate, "/s", apply_rate, "apply_async"),
+            Row(f"relay {kind}: commit->broker p50", p50, " ms", target=P50_TARGET),
+            Row(f"relay {kind}: commit->broker p99", p99, " ms", target=P99_TARGET),
+        ]
+    return rows
 
 
 def memory(rows: int, brokers: list[str]) -> None:

@@ -4,7 +4,8 @@
 
 - ``chaos_seed``: the seed of this test's kill schedule. One seed per session (printed in
   the header; ``--reliable-chaos-seed N`` or ``RELIABLE_CHAOS_SEED=N`` replays a run),
-  mixed with the test's id so each test gets its own schedule whatever else runs.
+  mixed with the test's id so each test gets its own schedule whatever else runs (and
+  whichever pytest-xdist worker runs it: workers take the controller's seed).
 - ``process_group``: a :class:`~celery_reliable.testing.ProcessGroup` logging to the
   test's ``tmp_path``; every process is stopped after the test.
 - ``kill_loop``: makes :class:`~celery_reliable.testing.KillLoop` objects seeded with
@@ -21,6 +22,7 @@ import os
 import random
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +30,7 @@ from .faults import FaultyLink
 from .processes import KillLoop, ProcessGroup
 
 _SEED = pytest.StashKey[int]()
+_WORKER_INPUT = "reliable_chaos_seed"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -43,8 +46,19 @@ def pytest_configure(config: pytest.Config) -> None:
     seed = config.getoption("--reliable-chaos-seed")
     if seed is None:
         from_env = os.environ.get("RELIABLE_CHAOS_SEED")
-        seed = int(from_env) if from_env else random.randrange(1_000_000)
+        # An xdist worker takes the controller's seed: the one in the header replays the run.
+        from_controller = getattr(config, "workerinput", {}).get(_WORKER_INPUT)
+        if from_controller is not None:
+            seed = int(from_controller)
+        else:
+            seed = int(from_env) if from_env else random.randrange(1_000_000)
     config.stash[_SEED] = seed
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: hand the session's seed to each worker process."""
+    node.workerinput[_WORKER_INPUT] = node.config.stash[_SEED]
 
 
 def pytest_report_header(config: pytest.Config) -> str:

@@ -241,6 +241,75 @@ def storable(value: str | None, length: int | None = None) -> str | None:
     return value if length is None else value[:length]
 
 
+#: What an INSERT of an entry needs besides its values: the statement, the short columns.
+_STATEMENT_ROOM = 64 * 1024
+#: Characters a MySQL driver escapes with a backslash in a literal: each takes two bytes.
+_ESCAPED = (b"\x00", b"\n", b"\r", b"\x1a", b"\\", b"'", b'"')
+#: The big values of an entry, in the order they are given up when it is too large.
+_CUTTABLE = ("traceback", "exception_message", "headers")
+
+
+def _literal_size(value: Any) -> int:
+    """Bytes ``value`` takes as a literal in a MySQL statement (escapes included)."""
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if not isinstance(value, bytes):
+        return 32
+    return len(value) + sum(value.count(char) for char in _ESCAPED)
+
+
+def fit_entry(row: dict[str, Any], limit: int) -> None:
+    """Make an entry fit a statement of ``limit`` bytes, saying in it what was left out.
+
+    Only messages of megabytes get here, on MySQL/MariaDB (``max_allowed_packet``). An
+    entry over the limit could never be written: the intake would take the refusal for an
+    unreachable store and requeue the message for ever. So, in turn, until it fits: the raw
+    body goes when the arguments were decoded (they are what a replay needs, and the body
+    is their copy); otherwise the arguments go and the raw body is cut (the entry can be
+    inspected, not replayed); then the traceback, the exception message and the headers are
+    cut. Each step is noted in the exception message; raise ``max_allowed_packet`` to keep
+    whole messages.
+
+    The budget is half the limit, as measured: with a 16 MB ``max_allowed_packet``, MariaDB
+    10.11 and PyMySQL take an INSERT of an 8 MB value and refuse one a few kilobytes longer.
+    """
+    budget = limit // 2 - _STATEMENT_ROOM
+
+    def over() -> int:
+        return sum(_literal_size(value) for value in row.values()) - budget
+
+    if over() <= 0:
+        return
+    notes = []
+    raw, args_size = row["raw_body"], _literal_size(row["args"]) + _literal_size(row["kwargs"])
+    if raw is not None and row["args"] is not None:
+        row["raw_body"] = None
+        if over() <= 0:
+            notes.append(f"raw body of {len(raw)} bytes not kept (the arguments are)")
+        else:
+            row["raw_body"] = raw
+    if over() > 0 and row["args"] is not None:
+        row["args"] = row["kwargs"] = None
+        notes.append(f"arguments of {args_size} bytes not kept")
+    if over() > 0 and row["raw_body"] is not None:
+        body = row["raw_body"]
+        row["raw_body"] = body[: max(0, len(body) - over())]
+        while over() > 0 and row["raw_body"]:  # escapes: the cut bytes may have counted less
+            row["raw_body"] = row["raw_body"][: -over()]
+        notes.append(f"raw body cut to {len(row['raw_body'])} of {len(body)} bytes")
+    for name in _CUTTABLE:
+        if over() > 0 and row[name]:
+            size = len(row[name])
+            row[name] = "{}" if name == "headers" else row[name][: max(0, size - over())]
+            notes.append(f"{name} cut from {size} characters")
+    note = (
+        f"[entry cut to fit the store's statement limit ({limit} bytes, max_allowed_packet): "
+        f"{'; '.join(notes)}]"
+    )
+    row["exception_message"] = f"{row['exception_message'] or ''} {note}".strip()
+    logger.warning("dead-letter entry of message %s: %s", row["message_id"], note)
+
+
 def _json(value: Any) -> str | None:
     try:
         return None if value is None else str(kombu_json.dumps(value))  # type: ignore[no-untyped-call]
@@ -325,6 +394,9 @@ class DeadLetters:
         }
         for name in _TEXT_COLUMNS:
             row[name] = storable(row[name], getattr(self.table.c[name].type, "length", None))
+        limit = self._reliable.database.packet_limit()
+        if limit is not None:
+            fit_entry(row, limit)
         statement = insert(self.table).values(row)
         if connection is not None:
             entry_id = connection.execute(statement).inserted_primary_key[0]  # type: ignore[index]

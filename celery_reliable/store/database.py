@@ -39,6 +39,7 @@ class Database:
         self._engine: Engine | None = None
         self._autocommit: Engine | None = None
         self._claims: Engine | None = None
+        self._packet_limit: int | None = None
         _LIVE.add(self)
 
     @property
@@ -73,6 +74,21 @@ class Database:
             connect_args["options"] = f"{options} -c synchronous_commit=off".strip()
             self._claims = self._create(isolation_level="AUTOCOMMIT", connect_args=connect_args)
         return self._claims
+
+    def packet_limit(self) -> int | None:
+        """The largest statement the server accepts, in bytes; None if it has no such limit.
+
+        MySQL and MariaDB refuse a statement over ``max_allowed_packet`` (16 MB by default)
+        by closing the connection, which looks like an outage. Writers of rows that can be
+        megabytes (dead letters) check against this first. Read once per process.
+        """
+        if self.dialect not in ("mysql", "mariadb"):
+            return None
+        if self._packet_limit is None:
+            with self.engine.connect() as conn:
+                limit = conn.exec_driver_sql("SELECT @@max_allowed_packet").scalar_one()
+            self._packet_limit = int(limit)
+        return self._packet_limit
 
     def _engines(self) -> list[Engine]:
         return [e for e in (self._engine, self._autocommit, self._claims) if e is not None]

@@ -1,5 +1,5 @@
-"""The fuzz suite runs on the acceptance tier's stacks: each broker with PostgreSQL."""
+"""The fuzz suite runs on the acceptance tier's stacks (``stack``: every broker and store pair)."""
 
-from tests.acceptance.conftest import postgres_stack
+from tests.acceptance.conftest import stack
 
-__all__ = ["postgres_stack"]
+__all__ = ["stack"]

@@ -94,6 +94,9 @@ class Malformed:
     #: ("body", sha256 of the body as stored) or ("args", the arguments as JSON).
     fingerprint: tuple[str, str]
     properties: dict[str, Any] = field(default_factory=dict)
+    #: The arguments' print, for an entry that may keep them without the raw body (an
+    #: entry cut to fit MySQL's statement limit).
+    args_fingerprint: tuple[str, str] | None = None
 
 
 def body_print(body: bytes) -> tuple[str, str]:
@@ -461,10 +464,13 @@ class Generator:
         headers = self.headers()
         content_type: str | None = JSON
         reason = DF
+        args_fingerprint = None
         if variant == 0:
             body = self.rng.randbytes(size)
         elif variant == 1:  # decodes, for a task nobody has: the arguments are kept too
-            body = self.valid_body(["z" * size])
+            args = ["z" * size]
+            body = self.valid_body(args)
+            args_fingerprint = args_print(args)
             headers = self.headers(task=f"fuzz.unregistered.{self.token()}")
             reason = HNF
             if self.transport == "redis":
@@ -475,7 +481,16 @@ class Generator:
         else:
             body = self.valid_body(["n" * size])
             content_type = None
-        return Malformed("huge", body, content_type, "utf-8", headers, reason, body_print(body))
+        return Malformed(
+            "huge",
+            body,
+            content_type,
+            "utf-8",
+            headers,
+            reason,
+            body_print(body),
+            args_fingerprint=args_fingerprint,
+        )
 
 
 def _is_task_body(data: bytes) -> bool:

@@ -1,7 +1,8 @@
 """Fuzz: malformed messages pushed straight into the broker all end as dead letters.
 
-A real ``celery worker`` (tests/acceptance/worker_app.py: a ``ReliableTask`` app, prefork,
-PostgreSQL store) on Redis and on RabbitMQ gets a seeded batch of malformed messages
+A real ``celery worker`` (tests/acceptance/worker_app.py: a ``ReliableTask`` app, prefork)
+on each stack of the acceptance tier (Redis with PostgreSQL and with SQLite, RabbitMQ with
+PostgreSQL and with MariaDB) gets a seeded batch of malformed messages
 (tests/fuzz/messages.py) published past Celery. Then:
 
 - every message is in the dead-letter store, once, with the reason its class must get
@@ -12,8 +13,8 @@ PostgreSQL store) on Redis and on RabbitMQ gets a seeded batch of malformed mess
   a message makes its handler raise), and still runs a valid message afterwards, with
   the queue empty.
 
-``RELIABLE_FUZZ_MESSAGES`` messages per broker: 5,000 by default, 10,000 in all, about a
-minute for both on a 2-core box. ``RELIABLE_FUZZ_SEED`` replays a run (the seed is
+``RELIABLE_FUZZ_MESSAGES`` messages per stack: 2,500 by default, 10,000 in all, about a
+minute for each stack on a 2-core box. ``RELIABLE_FUZZ_SEED`` replays a run (the seed is
 printed; ``-s`` shows it).
 """
 
@@ -34,7 +35,7 @@ from tests.acceptance.intake import still_working
 from .messages import Generator, Malformed, args_print, body_print, by_kind
 from .publish import publish_all
 
-MESSAGES = int(os.environ.get("RELIABLE_FUZZ_MESSAGES", "5000"))
+MESSAGES = int(os.environ.get("RELIABLE_FUZZ_MESSAGES", "2500"))
 SEED = int(os.environ.get("RELIABLE_FUZZ_SEED", str(random.randrange(1_000_000))))
 #: Generous: a message takes 4-12 ms on a loaded 2-core box.
 DRAIN_SECONDS = 60 + MESSAGES * 0.03
@@ -93,8 +94,7 @@ def explain(
 
 
 @pytest.mark.timeout(int(DRAIN_SECONDS) + 180)
-def test_every_malformed_message_is_dead_lettered_with_its_reason(postgres_stack):
-    stack = postgres_stack
+def test_every_malformed_message_is_dead_lettered_with_its_reason(stack):
     transport = "redis" if stack.broker.startswith("redis") else "amqp"
     markers = stack.dir / "markers"
     markers.mkdir()
@@ -116,7 +116,11 @@ def test_every_malformed_message_is_dead_lettered_with_its_reason(postgres_stack
         print(f"{len(messages)} messages in {elapsed:.1f}s: {dict(reasons)}")
         # Equal multisets of (reason, body): every message there once, with its reason, so
         # the count per reason is the count sent per reason.
-        got = stored(stack)
+        # On MySQL a huge entry may keep its arguments without the raw body: same message.
+        aliases = {m.args_fingerprint: m.fingerprint for m in messages if m.args_fingerprint}
+        got = Counter(
+            {(reason, aliases.get(fp, fp)): n for (reason, fp), n in stored(stack).items()}
+        )
         assert got == expected, explain(messages, expected, got)
         still_working(stack, worker)
 

@@ -11,6 +11,7 @@ publishing it again are one transaction too.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import threading
 import time
@@ -262,8 +263,12 @@ def _json(value: Any) -> str | None:
         return None
 
 
+#: kombu_json.loads for text, without building a decoder for every value.
+_decode = json.JSONDecoder(object_hook=kombu_json.object_hook).decode
+
+
 def _loads(value: str | None) -> Any:
-    return None if value is None else kombu_json.loads(value)  # type: ignore[no-untyped-call]
+    return None if value is None else _decode(value)
 
 
 class DeadLetters:
@@ -537,8 +542,11 @@ class DeadLetters:
         row = self._reliable.outbox.build_row(signature, entry.message_id, None, None, None, {})
         return row, task_id
 
-    def _prepare_entry(self, transform: Transform | None, row: Any) -> dict[str, Any]:
-        """The outbox row for a whole entry read from the store (``replay_batch``)."""
+    def _prepare_entry(
+        self, transform: Transform | None, row: Any, now: datetime
+    ) -> dict[str, Any]:
+        """The outbox row for a whole entry read from the store (``replay_batch``); the
+        row gets its own time, as ``replay`` gives it."""
         return self._prepare(_entry(row), transform)[0]
 
     def _signature(self, entry: DeadLetter) -> Signature:
@@ -604,7 +612,7 @@ class DeadLetters:
         )
         replayed = failures = 0
         after = 0  # ids are positive: keyset pagination, oldest first
-        prepare: Callable[[Any], dict[str, Any]]
+        prepare: Callable[[Any, datetime], dict[str, Any]]
         if transform is None:  # only what a replay needs is read (not the traceback)
             columns: Sequence[Any] = _replay_columns(t)
             prepare = _BatchReplay(self._reliable).row
@@ -638,7 +646,7 @@ class DeadLetters:
         last_id: int,
         size: int,
         columns: Sequence[Any],
-        prepare: Callable[[Any], dict[str, Any]],
+        prepare: Callable[[Any, datetime], dict[str, Any]],
         transform: Transform | None,
     ) -> tuple[int, int, int]:
         """Replay up to ``size`` entries with ids in (after, last_id]: (done, failed, last id).
@@ -665,9 +673,10 @@ class DeadLetters:
                 outbox_rows: list[dict[str, Any]] = []
                 by_handler: dict[str, list[str]] = defaultdict(list)
                 entry_ids: list[int] = []
+                now = utcnow()
                 for row in rows:
                     try:
-                        outbox_rows.append(prepare(row))
+                        outbox_rows.append(prepare(row, now))
                     except Exception:
                         failed += 1
                         logger.warning(
@@ -681,7 +690,7 @@ class DeadLetters:
                     insert_rows(conn, reliable.tables.outbox, outbox_rows)
                     for handler_key, message_ids in by_handler.items():
                         reliable.store.lift_quarantine(message_ids, handler_key, connection=conn)
-                    conn.execute(self._mark_replayed, {"ids": entry_ids, "now": utcnow()})
+                    conn.execute(self._mark_replayed, {"ids": entry_ids, "now": now})
         except DBAPIError:
             if not rows:
                 raise  # the entries could not even be read: the store is the problem
@@ -820,25 +829,27 @@ class _BatchReplay:
         self._options: dict[str, dict[str, Any]] = {}
         self._task_ids = wire.delivery_tags()  # random UUIDs, as celery.utils.uuid makes
 
-    def row(self, row: Any) -> dict[str, Any]:
-        """The outbox row for an entry read as ``_replay_columns``."""
-        args = _loads(row.args)
-        _require_replayable(row.id, row.task_name, args, row.reason)
-        options = self._options.get(row.delivery_info)
+    def row(self, row: Any, now: datetime) -> dict[str, Any]:
+        """The outbox row for an entry read as ``_replay_columns``, created at ``now`` (the
+        chunk's time: its rows differ in their messages only)."""
+        entry_id, message_id, task_name, _, args, kwargs, headers, delivery_info, reason = row
+        args = _loads(args)
+        _require_replayable(entry_id, task_name, args, reason)
+        options = self._options.get(delivery_info)
         if options is None:
-            options = _replay_options(_loads(row.delivery_info) or {}, self._queues)
+            options = _replay_options(_loads(delivery_info) or {}, self._queues)
             if len(self._options) < 1000:
-                self._options[row.delivery_info] = options
-        key = (row.task_name, *options.items())
+                self._options[delivery_info] = options
+        key = (task_name, *options.items())
         plan = self._plans.get(key)
         if plan is None:
             try:
-                plan = self._outbox.plan(row.task_name, dict(options))
+                plan = self._outbox.plan(task_name, dict(options))
             except Exception as exc:  # fails each entry of the task alike
                 plan = exc
             self._plans[key] = plan
         if isinstance(plan, Exception):
             raise plan
-        message_id = validate_message_id(row.message_id)
-        headers = _replay_headers(message_id, _loads(row.headers) or {})
-        return plan.row(next(self._task_ids), tuple(args), dict(_loads(row.kwargs) or {}), headers)
+        headers = _replay_headers(validate_message_id(message_id), _loads(headers) or {})
+        kwargs = dict(_loads(kwargs) or {})
+        return plan.row(next(self._task_ids), tuple(args), kwargs, headers, now=now)

@@ -196,11 +196,13 @@ class MessagePlan:
         ordering_key: str | None = None,
         countdown: float | None = None,
         eta: datetime | None = None,
+        now: datetime | None = None,
     ) -> dict[str, Any]:
         """The outbox row of one message; ``headers`` (the caller's, with the message id
-        header if any, already validated) is taken over."""
+        header if any, already validated) is taken over. ``now`` (by default the current
+        time) is when the row is created and sent."""
         name, amqp = self.name, self._amqp
-        now = utcnow()
+        now = now or utcnow()
         available_at = _due(now, countdown, eta)
         message = amqp.as_task_v2(
             task_id,

@@ -94,7 +94,8 @@ def test_the_fast_path_writes_the_rows_build_row_writes(reliable, monkeypatch):
     queue = reliable.app.conf.task_default_queue
     ids = [dl.add(entry, "MaxRetriesExceeded", detail="x") for entry in entries(queue)]
     # The same task ids and clock for both paths, so that whole rows can be compared.
-    monkeypatch.setattr("celery_reliable.outbox.utcnow", lambda: NOW)
+    monkeypatch.setattr("celery_reliable.outbox.utcnow", lambda: NOW)  # build_row's
+    monkeypatch.setattr("celery_reliable.dead_letters.utcnow", lambda: NOW)  # a chunk's
     slow_ids = (f"task-{n}" for n in itertools.count())
     monkeypatch.setattr("celery_reliable.dead_letters.uuid", lambda: next(slow_ids))
     monkeypatch.setattr(

@@ -177,7 +177,12 @@ class MessagePlan:
         self._parent_id = parent.request.id if parent else None
         # What as_task_v2 would look up for every message (its origin, its repr limits).
         self._origin = anon_nodename()
-        self._repr_levels = app.conf.task_repr_maxlevels
+        self._repr_levels = levels = app.conf.task_repr_maxlevels
+        # Messages without positional or keyword arguments are common: their reprs, once.
+        self._empty_reprs = (
+            saferepr((), app.amqp.argsrepr_maxsize, maxlevels=levels),
+            saferepr({}, app.amqp.kwargsrepr_maxsize, maxlevels=levels),
+        )
         self._trace: dict[str, Any] = {}
         inject_trace_context(self._trace)
         self._wire_format = wire.format_for(outbox._driver_type, self._priority)
@@ -198,9 +203,10 @@ class MessagePlan:
         eta: datetime | None = None,
         now: datetime | None = None,
     ) -> dict[str, Any]:
-        """The outbox row of one message; ``headers`` (the caller's, with the message id
-        header if any, already validated) is taken over. ``now`` (by default the current
-        time) is when the row is created and sent."""
+        """The outbox row of one message, created and sent at ``now`` (by default the
+        current time). ``headers`` (the caller's, with the message id header if any,
+        already validated) is taken over. ``args`` is a tuple and ``kwargs`` a dict, not
+        a subclass, whose repr could differ (see ``_empty_reprs``)."""
         name, amqp = self.name, self._amqp
         now = now or utcnow()
         available_at = _due(now, countdown, eta)
@@ -214,8 +220,16 @@ class MessagePlan:
             parent_id=self._parent_id,
             ignore_result=self._ignore_result,
             origin=self._origin,
-            argsrepr=saferepr(args, amqp.argsrepr_maxsize, maxlevels=self._repr_levels),
-            kwargsrepr=saferepr(kwargs, amqp.kwargsrepr_maxsize, maxlevels=self._repr_levels),
+            argsrepr=(
+                saferepr(args, amqp.argsrepr_maxsize, maxlevels=self._repr_levels)
+                if args
+                else self._empty_reprs[0]
+            ),
+            kwargsrepr=(
+                saferepr(kwargs, amqp.kwargsrepr_maxsize, maxlevels=self._repr_levels)
+                if kwargs
+                else self._empty_reprs[1]
+            ),
         )
         try:
             content_type, content_encoding, body = serialization.dumps(  # type: ignore[no-untyped-call]

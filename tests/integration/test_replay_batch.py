@@ -29,7 +29,7 @@ NOW = datetime(2026, 3, 1, 12, 30, 15, 123456, tzinfo=timezone.utc)
 
 def _by_argument(name, args, kwargs, options, task=None, **kw):
     """A router function: where a message goes depends on its arguments."""
-    return {"exchange": "by-amount", "routing_key": f"amount-{args[0]}"}
+    return {"exchange": "by-amount", "routing_key": f"amount-{args[0] if args else None}"}
 
 
 @pytest.fixture(params=["mapped routes", "router function"])
@@ -155,17 +155,35 @@ def _add(reliable: Reliable, n: int, task: str = "shop.charge") -> int:
     return reliable.dead_letters.add(message, "MaxRetriesExceeded", detail="x")
 
 
-def test_a_chunk_the_store_refuses_is_replayed_entry_by_entry(store):
+@pytest.mark.parametrize("chunk", [500, 2])
+def test_a_chunk_the_store_refuses_is_replayed_entry_by_entry(store, monkeypatch, chunk):
+    monkeypatch.setattr("celery_reliable.dead_letters.REPLAY_CHUNK", chunk)
     dl = store.dead_letters
-    for n in range(5):
+    for n in range(7):
         _add(store, n, "shop.far" if n == 2 else "shop.charge")
     # The chunk's insert fails in the database (the exchange is too long for its column):
-    # its entries are replayed one by one, and only the bad one fails.
-    assert dl.replay_batch() == 4
+    # its entries are replayed one by one, and only the bad one fails. With chunks of 2,
+    # the next chunk was read (and locked) meanwhile: it is let go and read again.
+    progress: list[int] = []
+    assert dl.replay_batch(progress=progress.append) == 6
     assert [entry.message_id for entry in dl.list(replayed=False)] == ["m-2"]
+    assert sum(progress) == 7
     with store.database.engine.connect() as conn:
         sent = conn.scalars(select(store.tables.outbox.c.message_id)).all()
-    assert sorted(sent) == ["m-0", "m-1", "m-3", "m-4"]
+    assert sorted(sent) == ["m-0", "m-1", "m-3", "m-4", "m-5", "m-6"]
+    assert dl.replay_batch() == 0
+
+
+def test_limit_and_stop_after_failures_with_many_chunks(store, monkeypatch):
+    monkeypatch.setattr("celery_reliable.dead_letters.REPLAY_CHUNK", 3)
+    dl = store.dead_letters
+    for n in range(10):
+        _add(store, n, "shop.gone" if n in (4, 8) else "shop.charge")
+    assert dl.replay_batch(limit=5) == 4  # 0-4: entry 4's task is unknown
+    # 4-6 (the next chunk was being read meanwhile): entry 4 fails again, the batch stops.
+    assert dl.replay_batch(stop_after_failures=1) == 2
+    assert [e.message_id for e in dl.list(replayed=False)] == ["m-9", "m-8", "m-7", "m-4"]
+    assert dl.replay_batch() == 2
 
 
 def test_an_entry_locked_by_another_replay_is_skipped(store):
@@ -182,10 +200,13 @@ def test_an_entry_locked_by_another_replay_is_skipped(store):
         other.dispose()
 
 
-def test_a_plans_message_is_the_one_celery_builds(reliable):
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((7, "naïve", {"k": [1.5, None]}), {"when": NOW, "n": 2**40}), ((), {})],
+)
+def test_a_plans_message_is_the_one_celery_builds(reliable, args, kwargs):
     """MessagePlan gives as_task_v2 what it would work out itself (origin, argument reprs)."""
     app, outbox = reliable.app, reliable.outbox
-    args, kwargs = (7, "naïve", {"k": [1.5, None]}), {"when": NOW, "n": 2**40}
     row = outbox.build_row(app.signature("shop.charge", args, kwargs), "m-1", None, None, None, {})
     celery = app.amqp.as_task_v2(row["task_id"], "shop.charge", args, kwargs, ignore_result=False)
     headers = kombu_json.loads(row["headers"])

@@ -825,8 +825,8 @@ class _BatchReplay:
     def __init__(self, reliable: Reliable) -> None:
         self._outbox = reliable.outbox
         self._queues = reliable.app.amqp.queues
-        self._plans: dict[tuple[Any, ...], MessagePlan | Exception] = {}
-        self._options: dict[str, dict[str, Any]] = {}
+        self._plans: dict[tuple[str, str], MessagePlan | Exception] = {}
+        self._options: dict[str, tuple[dict[str, Any], str]] = {}
         self._task_ids = wire.delivery_tags()  # random UUIDs, as celery.utils.uuid makes
 
     def row(self, row: Any, now: datetime) -> dict[str, Any]:
@@ -835,12 +835,14 @@ class _BatchReplay:
         entry_id, message_id, task_name, _, args, kwargs, headers, delivery_info, reason = row
         args = _loads(args)
         _require_replayable(entry_id, task_name, args, reason)
-        options = self._options.get(delivery_info)
-        if options is None:
+        cached = self._options.get(delivery_info)
+        if cached is None:
             options = _replay_options(_loads(delivery_info) or {}, self._queues)
+            cached = options, repr(options)  # a key even for an odd (unhashable) priority
             if len(self._options) < 1000:
-                self._options[delivery_info] = options
-        key = (task_name, *options.items())
+                self._options[delivery_info] = cached
+        options, options_key = cached
+        key = (task_name, options_key)
         plan = self._plans.get(key)
         if plan is None:
             try:
@@ -848,8 +850,8 @@ class _BatchReplay:
             except Exception as exc:  # fails each entry of the task alike
                 plan = exc
             self._plans[key] = plan
-        if isinstance(plan, Exception):
-            raise plan
+        if isinstance(plan, Exception):  # raised afresh: no traceback grows entry by entry
+            raise plan.with_traceback(None)
         headers = _replay_headers(validate_message_id(message_id), _loads(headers) or {})
         kwargs = dict(_loads(kwargs) or {})
         return plan.row(next(self._task_ids), tuple(args), kwargs, headers, now=now)

@@ -214,3 +214,15 @@ def test_a_plans_message_is_the_one_celery_builds(reliable, args, kwargs):
         kombu_json.dumps(celery.headers)
     )
     assert row["body"] == serialization.dumps(celery.body, serializer="json")[2].encode()
+
+
+def test_entries_of_an_unknown_task_fail_alike(store, caplog):
+    """One plan error for the task, raised for each entry with a traceback of its own."""
+    for n in range(5):
+        _add(store, n, "shop.gone")
+    with caplog.at_level("WARNING", logger="celery_reliable.dead_letters"):
+        assert store.dead_letters.replay_batch() == 0
+    failures = [r for r in caplog.records if r.getMessage().startswith("replay of dead-letter")]
+    assert len(failures) == 5
+    assert len({len(caplog.handler.format(r)) for r in failures}) == 1  # no growing traceback
+    assert store.dead_letters.count(replayed=False) == 5

@@ -11,6 +11,7 @@ publishing it again are one transaction too.
 from __future__ import annotations
 
 import enum
+import json
 import logging
 import threading
 import time
@@ -19,20 +20,34 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property, partial
 from typing import TYPE_CHECKING, Any
 
 from celery import Signature
 from celery.utils import uuid
 from kombu.utils import json as kombu_json
-from sqlalchemy import ColumnElement, Connection, delete, func, insert, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from . import wire
 from .durations import ago, parse_duration
 from .exceptions import DeadLetterNotFound, InvalidArgument, ReliableError
 from .inbox import utcnow
-from .message import MESSAGE_ID_HEADER
+from .message import MESSAGE_ID_HEADER, validate_message_id
+from .outbox import MessagePlan
 from .signals import dead_letter_alert
+from .store.bulk import insert_rows, is_any_of
 
 if TYPE_CHECKING:
     from .extension import Reliable
@@ -317,8 +332,12 @@ def _json(value: Any) -> str | None:
         return None
 
 
+#: kombu_json.loads for text, without building a decoder for every value.
+_decode = json.JSONDecoder(object_hook=kombu_json.object_hook).decode
+
+
 def _loads(value: str | None) -> Any:
-    return None if value is None else kombu_json.loads(value)  # type: ignore[no-untyped-call]
+    return None if value is None else _decode(value)
 
 
 class DeadLetters:
@@ -336,6 +355,18 @@ class DeadLetters:
         self.redactor: Redactor | None = None
         self._alert_lock = threading.Lock()
         self._last_alert = 0.0
+
+    @cached_property
+    def _mark_replayed(self) -> Update:
+        t = self.table
+        return (
+            update(t)
+            .where(is_any_of(t.c.id, "ids", self._reliable.database.dialect))
+            .values(
+                replay_count=t.c.replay_count + 1,
+                replayed_at=bindparam("now", type_=t.c.replayed_at.type),
+            )
+        )
 
     # -- recording ------------------------------------------------------------------------
 
@@ -583,26 +614,22 @@ class DeadLetters:
         row = self._reliable.outbox.build_row(signature, entry.message_id, None, None, None, {})
         return row, task_id
 
+    def _prepare_entry(
+        self, transform: Transform | None, row: Any, now: datetime
+    ) -> dict[str, Any]:
+        """The outbox row for a whole entry read from the store (``replay_batch``); the
+        row gets its own time, as ``replay`` gives it."""
+        return self._prepare(_entry(row), transform)[0]
+
     def _signature(self, entry: DeadLetter) -> Signature:
-        if entry.task_name is None or entry.args is None:
-            raise ReliableError(
-                f"dead-letter entry {entry.id} has no decodable task and arguments "
-                f"({entry.reason.value}); it can be inspected but not replayed"
-            )
-        headers = {
-            key: value
-            for key, value in entry.headers.items()
-            if key not in _PROTOCOL_HEADERS and not key.startswith(INTERNAL_HEADER_PREFIX)
-        }
-        headers[MESSAGE_ID_HEADER] = entry.message_id
-        options: dict[str, Any] = {"headers": headers}
-        routing_key = entry.delivery_info.get("routing_key")
-        if routing_key and routing_key in self._reliable.app.amqp.queues:
-            options["queue"] = routing_key
-        if entry.delivery_info.get("priority") is not None:
-            options["priority"] = entry.delivery_info["priority"]
+        _require_replayable(entry.id, entry.task_name, entry.args, entry.reason.value)
+        options = _replay_options(entry.delivery_info, self._reliable.app.amqp.queues)
         return self._reliable.app.signature(
-            entry.task_name, args=tuple(entry.args), kwargs=dict(entry.kwargs or {}), **options
+            entry.task_name,
+            args=tuple(entry.args),
+            kwargs=dict(entry.kwargs or {}),
+            headers=_replay_headers(entry.message_id, entry.headers),
+            **options,
         )
 
     def replay_batch(
@@ -657,11 +684,20 @@ class DeadLetters:
         )
         replayed = failures = 0
         after = 0  # ids are positive: keyset pagination, oldest first
+        prepare: Callable[[Any, datetime], dict[str, Any]]
+        if transform is None:  # only what a replay needs is read (not the traceback)
+            columns: Sequence[Any] = _replay_columns(t)
+            prepare = _BatchReplay(self._reliable).row
+        else:
+            columns = (t,)
+            prepare = partial(self._prepare_entry, transform)
         next_at = time.monotonic()
         while limit is None or replayed + failures < limit:
             size = chunk if limit is None else min(chunk, limit - replayed - failures)
             time.sleep(max(0.0, next_at - time.monotonic()))
-            done, failed, after = self._replay_chunk(where, after, last_id, size, transform)
+            done, failed, after = self._replay_chunk(
+                where, after, last_id, size, columns, prepare, transform
+            )
             if rate_limit:  # the pause counts from the chunk's end: never faster than the limit
                 next_at = time.monotonic() + size / rate_limit
             replayed += done
@@ -681,6 +717,8 @@ class DeadLetters:
         after: int,
         last_id: int,
         size: int,
+        columns: Sequence[Any],
+        prepare: Callable[[Any, datetime], dict[str, Any]],
         transform: Transform | None,
     ) -> tuple[int, int, int]:
         """Replay up to ``size`` entries with ids in (after, last_id]: (done, failed, last id).
@@ -690,7 +728,10 @@ class DeadLetters:
         """
         reliable, t = self._reliable, self.table
         query = (
-            select(t).where(*where, t.c.id > after, t.c.id <= last_id).order_by(t.c.id).limit(size)
+            select(*columns)
+            .where(*where, t.c.id > after, t.c.id <= last_id)
+            .order_by(t.c.id)
+            .limit(size)
         )
         if reliable.database.dialect != "sqlite":
             query = query.with_for_update(skip_locked=True)
@@ -704,28 +745,24 @@ class DeadLetters:
                 outbox_rows: list[dict[str, Any]] = []
                 by_handler: dict[str, list[str]] = defaultdict(list)
                 entry_ids: list[int] = []
+                now = utcnow()
                 for row in rows:
                     try:
-                        entry = _entry(row)
-                        outbox_rows.append(self._prepare(entry, transform)[0])
+                        outbox_rows.append(prepare(row, now))
                     except Exception:
                         failed += 1
                         logger.warning(
                             "replay of dead-letter entry %s failed", row.id, exc_info=True
                         )
                         continue
-                    entry_ids.append(entry.id)
-                    if entry.handler_key is not None:
-                        by_handler[entry.handler_key].append(entry.message_id)
+                    entry_ids.append(row.id)
+                    if row.handler_key is not None:
+                        by_handler[row.handler_key].append(row.message_id)
                 if outbox_rows:
-                    conn.execute(insert(reliable.tables.outbox), outbox_rows)
+                    insert_rows(conn, reliable.tables.outbox, outbox_rows)
                     for handler_key, message_ids in by_handler.items():
                         reliable.store.lift_quarantine(message_ids, handler_key, connection=conn)
-                    conn.execute(
-                        update(t)
-                        .where(t.c.id.in_(entry_ids))
-                        .values(replay_count=t.c.replay_count + 1, replayed_at=utcnow())
-                    )
+                    conn.execute(self._mark_replayed, {"ids": entry_ids, "now": now})
         except DBAPIError:
             if not rows:
                 raise  # the entries could not even be read: the store is the problem
@@ -801,3 +838,92 @@ def _entry(row: Any) -> DeadLetter:
         content_type=row.content_type,
         content_encoding=row.content_encoding,
     )
+
+
+#: What ``replay_batch`` reads of an entry when there is no transform.
+def _replay_columns(t: Any) -> tuple[Any, ...]:
+    return (
+        t.c.id,
+        t.c.message_id,
+        t.c.task_name,
+        t.c.handler_key,
+        t.c.args,
+        t.c.kwargs,
+        t.c.headers,
+        t.c.delivery_info,
+        t.c.reason,
+    )
+
+
+def _require_replayable(entry_id: int, task_name: str | None, args: Any, reason: str) -> None:
+    if task_name is None or args is None:
+        raise ReliableError(
+            f"dead-letter entry {entry_id} has no decodable task and arguments "
+            f"({reason}); it can be inspected but not replayed"
+        )
+
+
+def _replay_headers(message_id: str, headers: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored headers a replay sends again: not Celery's own, not the failed run's."""
+    kept = {
+        key: value
+        for key, value in headers.items()
+        if key not in _PROTOCOL_HEADERS and not key.startswith(INTERNAL_HEADER_PREFIX)
+    }
+    kept[MESSAGE_ID_HEADER] = message_id
+    return kept
+
+
+def _replay_options(delivery_info: Mapping[str, Any], queues: Mapping[str, Any]) -> dict[str, Any]:
+    """The queue (if still declared) and priority the entry was delivered with."""
+    options: dict[str, Any] = {}
+    routing_key = delivery_info.get("routing_key")
+    if routing_key and routing_key in queues:
+        options["queue"] = routing_key
+    if delivery_info.get("priority") is not None:
+        options["priority"] = delivery_info["priority"]
+    return options
+
+
+class _BatchReplay:
+    """The outbox rows of one ``replay_batch`` without a transform, built without signatures.
+
+    Each row is what ``DeadLetters._prepare`` builds for the entry: the same headers and
+    options, and the message by the outbox's MessagePlan for the task and options, shared
+    by the batch's entries (an unknown task's error too). Delivery infos repeat, so their
+    options are cached.
+    """
+
+    def __init__(self, reliable: Reliable) -> None:
+        self._outbox = reliable.outbox
+        self._queues = reliable.app.amqp.queues
+        self._plans: dict[tuple[str, str], MessagePlan | Exception] = {}
+        self._options: dict[str, tuple[dict[str, Any], str]] = {}
+        self._task_ids = wire.delivery_tags()  # random UUIDs, as celery.utils.uuid makes
+
+    def row(self, row: Any, now: datetime) -> dict[str, Any]:
+        """The outbox row for an entry read as ``_replay_columns``, created at ``now`` (the
+        chunk's time: its rows differ in their messages only)."""
+        entry_id, message_id, task_name, _, args, kwargs, headers, delivery_info, reason = row
+        args = _loads(args)
+        _require_replayable(entry_id, task_name, args, reason)
+        cached = self._options.get(delivery_info)
+        if cached is None:
+            options = _replay_options(_loads(delivery_info) or {}, self._queues)
+            cached = options, repr(options)  # a key even for an odd (unhashable) priority
+            if len(self._options) < 1000:
+                self._options[delivery_info] = cached
+        options, options_key = cached
+        key = (task_name, options_key)
+        plan = self._plans.get(key)
+        if plan is None:
+            try:
+                plan = self._outbox.plan(task_name, dict(options))
+            except Exception as exc:  # fails each entry of the task alike
+                plan = exc
+            self._plans[key] = plan
+        if isinstance(plan, Exception):  # raised afresh: no traceback grows entry by entry
+            raise plan.with_traceback(None)
+        headers = _replay_headers(validate_message_id(message_id), _loads(headers) or {})
+        kwargs = dict(_loads(kwargs) or {})
+        return plan.row(next(self._task_ids), tuple(args), kwargs, headers, now=now)

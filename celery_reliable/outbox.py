@@ -17,7 +17,10 @@ from functools import cached_property
 from typing import Any
 
 from celery import Celery, Signature, current_task
+from celery.app.routes import MapRoute
 from celery.utils import uuid
+from celery.utils.nodenames import anon_nodename
+from celery.utils.saferepr import saferepr
 from kombu import serialization
 from kombu.exceptions import EncodeError
 from kombu.utils import json as kombu_json
@@ -89,12 +92,10 @@ class Outbox:
     ) -> dict[str, Any]:
         if not isinstance(signature, Signature):
             raise EnqueueError(f"expected a signature such as task.s(...), got {signature!r}")
-        name = signature.task
-        task = self.app.tasks.get(name)
-        if task is None:
-            raise EnqueueError(f"task {name!r} is not registered with app {self.app.main!r}")
         options = {**signature.options, **celery_options}
         headers = dict(options.pop("headers", None) or {})
+        task_id = str(options.pop("task_id", None) or uuid())
+        plan = self.plan(signature.task, options)
         try:
             if message_id is not None:
                 headers[MESSAGE_ID_HEADER] = validate_message_id(message_id)
@@ -104,80 +105,24 @@ class Outbox:
                 validate_message_id(ordering_key, source="ordering_key")
         except InvalidMessageId as exc:
             raise EnqueueError(str(exc)) from exc
-        task_id = str(options.pop("task_id", None) or uuid())
-        now = utcnow()
-        available_at = _due(now, countdown, eta)
-        serializer = options.pop("serializer", None) or task.serializer
-        if serializer in UNSAFE_SERIALIZERS and not self.settings.outbox_allow_pickle:
-            raise EnqueueError(
-                f"serializer {serializer!r} can run code when read; set "
-                "reliable_outbox_allow_pickle = True to allow it"
-            )
-        args, kwargs = tuple(signature.args), dict(signature.kwargs)
-        parent = current_task if current_task and current_task.request.id else None
-        message = self.app.amqp.as_task_v2(
+        return plan.row(
             task_id,
-            name,
-            args,
-            kwargs,
-            expires=options.pop("expires", None),
-            root_id=(parent.request.root_id or parent.request.id) if parent else None,
-            parent_id=parent.request.id if parent else None,
-            ignore_result=options.pop("ignore_result", task.ignore_result),
+            tuple(signature.args),
+            dict(signature.kwargs),
+            headers,
+            ordering_key=ordering_key,
+            countdown=countdown,
+            eta=eta,
         )
-        try:
-            content_type, content_encoding, body = serialization.dumps(  # type: ignore[no-untyped-call]
-                message.body, serializer=serializer
-            )
-        except (EncodeError, TypeError, ValueError) as exc:
-            raise EnqueueError(f"arguments of {name!r} cannot be serialized: {exc}") from exc
-        data = body if isinstance(body, bytes) else body.encode(content_encoding or "utf-8")
-        limit = self.settings.outbox_max_payload_bytes
-        if len(data) > limit:
-            raise EnqueueError(
-                f"message for {name!r} is {len(data)} bytes; reliable_outbox_max_payload_bytes "
-                f"is {limit}"
-            )
-        queue, exchange, routing_key, delivery_mode = self._route(name, args, kwargs, options)
-        properties = {**message.properties, "delivery_mode": delivery_mode}
-        if options.get("priority") is not None:
-            properties["priority"] = options["priority"]
-        headers.setdefault(SENT_AT_HEADER, now.timestamp())
-        inject_trace_context(headers)
-        try:
-            encoded_headers = kombu_json.dumps({**message.headers, **headers})  # type: ignore[no-untyped-call]
-        except TypeError as exc:
-            raise EnqueueError(f"headers of {name!r} are not JSON-serializable: {exc}") from exc
-        encoded_properties = kombu_json.dumps(properties)  # type: ignore[no-untyped-call]
-        wire_format = wire.format_for(self._driver_type, properties.get("priority"))
-        prepared = None
-        if wire_format == wire.AMQP:
-            try:
-                prepared = wire.amqp_properties(
-                    content_type, content_encoding, encoded_headers, encoded_properties
-                )
-            except struct.error as exc:  # an integer beyond AMQP's 64 bits, say
-                raise EnqueueError(f"headers of {name!r} do not fit AMQP: {exc}") from exc
-        return {
-            "message_id": headers.get(MESSAGE_ID_HEADER, task_id),
-            "task_id": task_id,
-            "task_name": name,
-            "queue": queue,
-            "exchange": exchange,
-            "routing_key": routing_key,
-            "body": data,
-            "content_type": content_type,
-            "content_encoding": content_encoding,
-            "headers": encoded_headers,
-            "properties": encoded_properties,
-            "wire_format": wire_format,
-            "wire": prepared,
-            "ordering_key": ordering_key,
-            "status": "pending",
-            "attempts": 0,
-            "created_at": now,
-            "available_at": available_at,
-        }
+
+    def plan(self, name: str, options: dict[str, Any]) -> MessagePlan:
+        """What the rows of task ``name`` sent with ``options`` share (see MessagePlan).
+
+        ``options`` are ``apply_async``'s, without ``headers`` and ``task_id`` (given to
+        each row); the plan takes them over. Raises EnqueueError for an unknown task or a
+        refused serializer.
+        """
+        return MessagePlan(self, name, options)
 
     def _route(
         self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
@@ -198,6 +143,146 @@ class Outbox:
             routing_key = routing_key or queue.routing_key
         delivery_mode = int(getattr(queue.exchange, "delivery_mode", None) or 2)
         return queue.name, exchange_name or "", routing_key or "", delivery_mode
+
+
+class MessagePlan:
+    """The part of an outbox row that depends on the task and its options only.
+
+    ``build_row`` makes one for each message. A batch (``DeadLetters.replay_batch``) makes
+    one per task and options and calls :meth:`row` for each of its messages, so that the
+    task lookup, the serializer check, the routing (unless a router function may look at
+    the arguments), the calling task, the origin and the trace context are worked out once.
+    What :meth:`row` returns is what ``build_row`` returns for the same message.
+    """
+
+    def __init__(self, outbox: Outbox, name: str, options: dict[str, Any]) -> None:
+        app = outbox.app
+        task = app.tasks.get(name)
+        if task is None:
+            raise EnqueueError(f"task {name!r} is not registered with app {app.main!r}")
+        serializer = options.pop("serializer", None) or task.serializer
+        if serializer in UNSAFE_SERIALIZERS and not outbox.settings.outbox_allow_pickle:
+            raise EnqueueError(
+                f"serializer {serializer!r} can run code when read; set "
+                "reliable_outbox_allow_pickle = True to allow it"
+            )
+        self.name, self.serializer = name, serializer
+        self._outbox, self._amqp = outbox, app.amqp
+        self._limit = outbox.settings.outbox_max_payload_bytes
+        self._expires = options.pop("expires", None)
+        self._ignore_result = options.pop("ignore_result", task.ignore_result)
+        self._priority = options.get("priority")
+        parent = current_task if current_task and current_task.request.id else None
+        self._root_id = (parent.request.root_id or parent.request.id) if parent else None
+        self._parent_id = parent.request.id if parent else None
+        # What as_task_v2 would look up for every message (its origin, its repr limits).
+        self._origin = anon_nodename()
+        self._repr_levels = levels = app.conf.task_repr_maxlevels
+        # Messages without positional or keyword arguments are common: their reprs, once.
+        self._empty_reprs = (
+            saferepr((), app.amqp.argsrepr_maxsize, maxlevels=levels),
+            saferepr({}, app.amqp.kwargsrepr_maxsize, maxlevels=levels),
+        )
+        self._trace: dict[str, Any] = {}
+        inject_trace_context(self._trace)
+        self._wire_format = wire.format_for(outbox._driver_type, self._priority)
+        self._options = options
+        # Celery's routes from a mapping ignore the arguments; a router function may not.
+        static = all(isinstance(route, MapRoute) for route in app.amqp.router.routes)
+        self._static_route = outbox._route(name, (), {}, dict(options)) if static else None
+
+    def row(
+        self,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        headers: dict[str, Any],
+        *,
+        ordering_key: str | None = None,
+        countdown: float | None = None,
+        eta: datetime | None = None,
+        now: datetime | None = None,
+    ) -> dict[str, Any]:
+        """The outbox row of one message, created and sent at ``now`` (by default the
+        current time). ``headers`` (the caller's, with the message id header if any,
+        already validated) is taken over. ``args`` is a tuple and ``kwargs`` a dict, not
+        a subclass, whose repr could differ (see ``_empty_reprs``)."""
+        name, amqp = self.name, self._amqp
+        now = now or utcnow()
+        available_at = _due(now, countdown, eta)
+        message = amqp.as_task_v2(
+            task_id,
+            name,
+            args,
+            kwargs,
+            expires=self._expires,
+            root_id=self._root_id,
+            parent_id=self._parent_id,
+            ignore_result=self._ignore_result,
+            origin=self._origin,
+            argsrepr=(
+                saferepr(args, amqp.argsrepr_maxsize, maxlevels=self._repr_levels)
+                if args
+                else self._empty_reprs[0]
+            ),
+            kwargsrepr=(
+                saferepr(kwargs, amqp.kwargsrepr_maxsize, maxlevels=self._repr_levels)
+                if kwargs
+                else self._empty_reprs[1]
+            ),
+        )
+        try:
+            content_type, content_encoding, body = serialization.dumps(  # type: ignore[no-untyped-call]
+                message.body, serializer=self.serializer
+            )
+        except (EncodeError, TypeError, ValueError) as exc:
+            raise EnqueueError(f"arguments of {name!r} cannot be serialized: {exc}") from exc
+        data = body if isinstance(body, bytes) else body.encode(content_encoding or "utf-8")
+        if len(data) > self._limit:
+            raise EnqueueError(
+                f"message for {name!r} is {len(data)} bytes; reliable_outbox_max_payload_bytes "
+                f"is {self._limit}"
+            )
+        route = self._static_route or self._outbox._route(name, args, kwargs, dict(self._options))
+        queue, exchange, routing_key, delivery_mode = route
+        properties = {**message.properties, "delivery_mode": delivery_mode}
+        if self._priority is not None:
+            properties["priority"] = self._priority
+        headers.setdefault(SENT_AT_HEADER, now.timestamp())
+        headers.update(self._trace)  # as inject_trace_context(headers) would
+        try:
+            encoded_headers = kombu_json.dumps({**message.headers, **headers})  # type: ignore[no-untyped-call]
+        except TypeError as exc:
+            raise EnqueueError(f"headers of {name!r} are not JSON-serializable: {exc}") from exc
+        encoded_properties = kombu_json.dumps(properties)  # type: ignore[no-untyped-call]
+        prepared = None
+        if self._wire_format == wire.AMQP:
+            try:
+                prepared = wire.amqp_properties(
+                    content_type, content_encoding, encoded_headers, encoded_properties
+                )
+            except struct.error as exc:  # an integer beyond AMQP's 64 bits, say
+                raise EnqueueError(f"headers of {name!r} do not fit AMQP: {exc}") from exc
+        return {
+            "message_id": headers.get(MESSAGE_ID_HEADER, task_id),
+            "task_id": task_id,
+            "task_name": name,
+            "queue": queue,
+            "exchange": exchange,
+            "routing_key": routing_key,
+            "body": data,
+            "content_type": content_type,
+            "content_encoding": content_encoding,
+            "headers": encoded_headers,
+            "properties": encoded_properties,
+            "wire_format": self._wire_format,
+            "wire": prepared,
+            "ordering_key": ordering_key,
+            "status": "pending",
+            "attempts": 0,
+            "created_at": now,
+            "available_at": available_at,
+        }
 
 
 def inject_trace_context(headers: dict[str, Any]) -> None:

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import BigInteger, any_, bindparam, case, func, or_, select, update
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy import bindparam, case, func, or_, select, update
 
+from .bulk import is_any_of
 from .database import Database
 from .tables import Tables
 
@@ -60,7 +60,7 @@ class OutboxRows:
         if database.dialect != "sqlite":  # SQLite: BEGIN IMMEDIATE already serialises
             due = due.with_for_update(skip_locked=True)
         self._due = due
-        ids = self._ids(t.c.id)
+        ids = is_any_of(t.c.id, "ids", database.dialect)
         self._take = (
             update(t).where(ids).values(claim_token=bindparam("token"), claimed_at=bindparam("now"))
         )
@@ -93,13 +93,6 @@ class OutboxRows:
             if rows:
                 conn.execute(self._take, {"ids": [r.id for r in rows], "token": token, "now": now})
             return rows
-
-    def _ids(self, column: Any) -> Any:
-        """``column IN :ids``; on PostgreSQL one array parameter, so the statement's text
-        (and its prepared plan) is the same for every batch whatever its size."""
-        if self.database.dialect == "postgresql":
-            return column == any_(bindparam("ids", type_=ARRAY(BigInteger)))
-        return column.in_(bindparam("ids", expanding=True))
 
     def mark_sent(self, ids: Sequence[int], token: str, now: datetime) -> int:
         """Rows the broker confirmed, in one statement; returns how many this batch still held."""

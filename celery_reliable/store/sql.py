@@ -16,6 +16,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
 from .base import Status, StatusRow
+from .bulk import is_any_of
 from .database import Database
 from .tables import Tables
 
@@ -205,13 +206,13 @@ class SqlStore:
         status = self.tables.inbox_status
         statement = (
             update(status)
-            .where(status.c.message_id.in_(message_ids))
+            .where(is_any_of(status.c.message_id, "message_ids", self.database.dialect))
             .where(status.c.status == Status.POISONED.value)
             .values(status=Status.FAILED.value, attempts=0, version=status.c.version + 1)
         )
         if handler_key is not None:
             statement = statement.where(status.c.handler_key == handler_key)
-        return int(connection.execute(statement).rowcount)
+        return int(connection.execute(statement, {"message_ids": list(message_ids)}).rowcount)
 
     def release_interrupted(self, message_id: str, handler_key: str, owner: str) -> bool:
         status = self.tables.inbox_status

@@ -5,7 +5,8 @@ transaction. SQLAlchemy's ``executemany`` cost about 57 µs per row there on Pos
 (psycopg runs the INSERT once per row), and an ``IN`` list of hundreds of
 literal values is a new statement for every size, compiled by SQLAlchemy and parsed by
 psycopg each time. On PostgreSQL, the rows go in as one array per column (``unnest``) sent
-in binary, and ``IN`` is ``= ANY`` of one array parameter. MariaDB's driver already turns
+in binary (with psycopg 3, the supported driver; another driver gets ``executemany``), and
+``IN`` is ``= ANY`` of one array parameter. MariaDB's driver already turns
 an ``executemany`` INSERT into one multi-row statement, and SQLite runs it in process.
 """
 
@@ -38,7 +39,7 @@ def insert_rows(connection: Connection, table: Table, rows: Sequence[Mapping[str
     if not rows:
         return
     dialect = connection.dialect
-    if dialect.name != "postgresql":
+    if dialect.name != "postgresql" or dialect.driver != "psycopg":  # %(name)b is psycopg 3's
         connection.execute(insert(table), list(rows))
         return
     names = list(rows[0])

@@ -46,9 +46,11 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps
 from celery.exceptions import InvalidTaskError
+from celery.signals import task_revoked
 from celery.utils.imports import symbol_by_name
 from celery.utils.time import maybe_iso8601
 from celery.worker.request import Request
+from celery.worker.state import revoked as revoked_tasks
 from celery.worker.state import task_ready
 from kombu.serialization import loads, prepare_accept_content
 from kombu.utils import json as kombu_json
@@ -506,7 +508,12 @@ class ExpiryDeadLetters(Request):  # type: ignore[misc]
             self.acknowledged = True  # type: ignore[misc]
             _INTAKES[self.app].requeue_later(self.message)
             return True
-        revoked = bool(super().revoked())  # marks it REVOKED and acknowledges it
+        # Celery's own revocation (Request._announce_revoked), but the backend gets
+        # DEAD_LETTERED instead of REVOKED: stored first, a REVOKED would be a ready state
+        # that an AsyncResult caches, so its caller could never see DEAD_LETTERED.
+        revoked_tasks.add(self.id)
+        task_ready(self)
+        self.send_event("task-revoked", terminated=False, signum=None, expired=True)
         announce(
             self.task.backend,
             self.id,
@@ -516,7 +523,12 @@ class ExpiryDeadLetters(Request):  # type: ignore[misc]
             store=not self.ignore_result,
             request=self._context,
         )
-        return revoked
+        self.acknowledge()
+        self._already_revoked = True  # type: ignore[misc]
+        task_revoked.send(
+            self.task, request=self._context, terminated=False, signum=None, expired=True
+        )
+        return True
 
 
 @cache

@@ -103,8 +103,12 @@ def test_an_unknown_task_name_is_dead_lettered_with_its_arguments(postgres_stack
             headers={MESSAGE_ID_HEADER: "order-9-refund"},
         )
         entry = the_entry(stack, DeadLetterReason.HANDLER_NOT_FOUND)
-        state = results(backend).AsyncResult(sent.id)
-        wait_for(lambda: state.state == "DEAD_LETTERED", 30, what="DEAD_LETTERED in the backend")
+        # Celery stores FAILURE (NotRegistered) first; an AsyncResult that saw it keeps it.
+        state = wait_for(
+            lambda: (r := results(backend).AsyncResult(sent.id)).state == "DEAD_LETTERED" and r,
+            30,
+            what="DEAD_LETTERED in the backend",
+        )
         assert state.info["dead_letter_id"] == entry.id
         assert state.info["reason"] == "HandlerNotFound"
         wait_for(
@@ -190,13 +194,15 @@ def test_a_message_expired_on_arrival_is_dead_lettered_not_just_revoked(postgres
     with stack.worker(RT_BACKEND=backend) as worker:
         task_id = publish_expired(stack, expired_at)
         entry = the_entry(stack, DeadLetterReason.MESSAGE_EXPIRED)
-        # Celery marks it REVOKED just before DEAD_LETTERED is stored, and an AsyncResult
-        # that saw REVOKED (a ready state) keeps it: a new one for each look.
-        state = wait_for(
-            lambda: (r := results(backend).AsyncResult(task_id)).state == "DEAD_LETTERED" and r,
-            30,
-            what="DEAD_LETTERED, not REVOKED",
-        )
+        seen = []  # REVOKED is a ready state an AsyncResult would keep: it must never show
+
+        def dead_lettered() -> Any:
+            result = results(backend).AsyncResult(task_id)
+            seen.append(result.state)
+            return result.state == "DEAD_LETTERED" and result
+
+        state = wait_for(dead_lettered, 30, what="DEAD_LETTERED, not REVOKED")
+        assert "REVOKED" not in seen
         assert state.info["dead_letter_id"] == entry.id
         still_working(stack, worker)
         assert stack.count("runs") == 1  # the normal message only

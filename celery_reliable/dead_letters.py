@@ -48,6 +48,7 @@ from .message import MESSAGE_ID_HEADER, validate_message_id
 from .outbox import MessagePlan
 from .signals import dead_letter_alert
 from .store.bulk import insert_rows, is_any_of
+from .store.limits import literal_size, value_budget
 
 if TYPE_CHECKING:
     from .extension import Reliable
@@ -256,27 +257,14 @@ def storable(value: str | None, length: int | None = None) -> str | None:
     return value if length is None else value[:length]
 
 
-#: What an INSERT of an entry needs besides its values: the statement, the short columns.
-_STATEMENT_ROOM = 64 * 1024
-#: Characters a MySQL driver escapes with a backslash in a literal: each takes two bytes.
-_ESCAPED = (b"\x00", b"\n", b"\r", b"\x1a", b"\\", b"'", b'"')
 #: The big values of an entry, in the order they are given up when it is too large.
 _CUTTABLE = ("traceback", "exception_message", "headers")
 
 
-def _literal_size(value: Any) -> int:
-    """Bytes ``value`` takes as a literal in a MySQL statement (escapes included)."""
-    if isinstance(value, str):
-        value = value.encode("utf-8")
-    if not isinstance(value, bytes):
-        return 32
-    return len(value) + sum(value.count(char) for char in _ESCAPED)
+def fit_entry(row: dict[str, Any], budget: int) -> None:
+    """Make an entry's values fit in ``budget`` bytes, saying in it what was left out.
 
-
-def fit_entry(row: dict[str, Any], limit: int) -> None:
-    """Make an entry fit a statement of ``limit`` bytes, saying in it what was left out.
-
-    Only messages of megabytes get here, on MySQL/MariaDB (``max_allowed_packet``). An
+    Only messages of megabytes get here, on MySQL/MariaDB (see ``store/limits.py``). An
     entry over the limit could never be written: the intake would take the refusal for an
     unreachable store and requeue the message for ever. So, in turn, until it fits: the raw
     body goes when the arguments were decoded (they are what a replay needs, and the body
@@ -284,19 +272,15 @@ def fit_entry(row: dict[str, Any], limit: int) -> None:
     inspected, not replayed); then the traceback, the exception message and the headers are
     cut. Each step is noted in the exception message; raise ``max_allowed_packet`` to keep
     whole messages.
-
-    The budget is half the limit, as measured: with a 16 MB ``max_allowed_packet``, MariaDB
-    10.11 and PyMySQL take an INSERT of an 8 MB value and refuse one a few kilobytes longer.
     """
-    budget = limit // 2 - _STATEMENT_ROOM
 
     def over() -> int:
-        return sum(_literal_size(value) for value in row.values()) - budget
+        return sum(literal_size(value) for value in row.values()) - budget
 
     if over() <= 0:
         return
     notes = []
-    raw, args_size = row["raw_body"], _literal_size(row["args"]) + _literal_size(row["kwargs"])
+    raw, args_size = row["raw_body"], literal_size(row["args"]) + literal_size(row["kwargs"])
     if raw is not None and row["args"] is not None:
         row["raw_body"] = None
         if over() <= 0:
@@ -318,7 +302,8 @@ def fit_entry(row: dict[str, Any], limit: int) -> None:
             row[name] = "{}" if name == "headers" else row[name][: max(0, size - over())]
             notes.append(f"{name} cut from {size} characters")
     note = (
-        f"[entry cut to fit the store's statement limit ({limit} bytes, max_allowed_packet): "
+        f"[entry cut to the {budget} bytes one statement of the store takes "
+        f"(raise max_allowed_packet to keep it whole): "
         f"{'; '.join(notes)}]"
     )
     row["exception_message"] = f"{row['exception_message'] or ''} {note}".strip()
@@ -425,9 +410,9 @@ class DeadLetters:
         }
         for name in _TEXT_COLUMNS:
             row[name] = storable(row[name], getattr(self.table.c[name].type, "length", None))
-        limit = self._reliable.database.packet_limit()
-        if limit is not None:
-            fit_entry(row, limit)
+        budget = value_budget(self._reliable.database)
+        if budget is not None:
+            fit_entry(row, budget)
         statement = insert(self.table).values(row)
         if connection is not None:
             entry_id = connection.execute(statement).inserted_primary_key[0]  # type: ignore[index]

@@ -151,7 +151,8 @@ class Settings:
         True,
         _boolean,
         "Keep each task's return value (JSON) with its completion mark, so that a duplicate "
-        "delivery can finish with the original result.",
+        "delivery can finish with the original result. On MySQL/MariaDB a result larger than "
+        "one statement can carry (about half of max_allowed_packet) is not kept.",
     )
 
     outbox_max_payload_bytes: int = _setting(

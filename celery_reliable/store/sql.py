@@ -7,6 +7,7 @@ status row in one statement (a data-modifying CTE); elsewhere it takes two.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,10 @@ from sqlalchemy.exc import DBAPIError
 from .base import Status, StatusRow
 from .bulk import is_any_of
 from .database import Database
+from .limits import literal_size, value_budget
 from .tables import Tables
+
+logger = logging.getLogger(__name__)
 
 
 class SqlStore:
@@ -186,8 +190,8 @@ class SqlStore:
             "b_expected_version": expected_version,
             "b_new_status": status.value,
             "b_completed_at": now if status is Status.COMPLETED else None,
-            "b_result": result,
-            "b_error": error,
+            "b_result": self._bounded(result, message_id, "result", cut=False),
+            "b_error": self._bounded(error, message_id, "error", cut=True),
         }
         if connection is not None:
             return connection.execute(self._finish, params).rowcount == 1
@@ -195,9 +199,31 @@ class SqlStore:
             return conn.execute(self._finish, params).rowcount == 1
 
     def save_result(self, message_id: str, handler_key: str, result: str) -> None:
-        params = {"b_message_id": message_id, "b_handler_key": handler_key, "b_result": result}
+        bounded = self._bounded(result, message_id, "result", cut=False)
+        params = {"b_message_id": message_id, "b_handler_key": handler_key, "b_result": bounded}
         with self.database.autocommit.begin() as conn:
             conn.execute(self._save_result, params)
+
+    def _bounded(self, text: str | None, message_id: str, what: str, *, cut: bool) -> str | None:
+        """``text``, or less of it when one statement of the store cannot carry it all.
+
+        On MySQL/MariaDB (``store/limits.py``) a completion with a result of megabytes would
+        be refused like an outage and the message deferred for ever. A result is then not
+        stored (a duplicate gets None, as for a result that is not JSON); an error is cut.
+        """
+        budget = value_budget(self.database)
+        if text is None or budget is None or literal_size(text) <= budget:
+            return text
+        logger.warning(
+            "message %s: %s of %d characters is over the %d bytes one statement of the store "
+            "takes (max_allowed_packet): %s",
+            message_id,
+            what,
+            len(text),
+            budget,
+            "cut" if cut else "not stored",
+        )
+        return text[: budget // 4] if cut else None
 
     def lift_quarantine(
         self, message_ids: Sequence[str], handler_key: str | None, *, connection: Connection

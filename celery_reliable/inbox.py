@@ -46,6 +46,7 @@ class Action(enum.Enum):
     IN_FLIGHT = "in_flight"
     POISON = "poison"
     TAKE_OVER = "take_over"
+    RESUME = "resume"  # take over a claim that never ran the body: no new attempt counted
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ def decide(
     stuck_threshold: timedelta,
     max_attempts: int,
     resumes_version: int | None = None,
+    resumes_unrun: bool = False,
 ) -> Action:
     """Decide what a delivery may do with the existing status row of its message.
 
@@ -81,7 +83,9 @@ def decide(
     than ``stuck_threshold`` says it crashed; otherwise a live delivery holds it and this one
     must wait, neither running nor dropping its copy, since it may be the only copy left.
     ``resumes_version`` is set on a copy that a run re-published when it lost the store: it
-    may take over the claim it abandoned (that version) at once.
+    may take over the claim it abandoned (that version) at once. ``resumes_unrun`` says that
+    claim never ran the body (the store failed while it was written): resuming it is the
+    same attempt, not a new one.
     """
     if row.status is Status.COMPLETED:
         return Action.DUPLICATE
@@ -96,9 +100,10 @@ def decide(
         and now - started < stuck_threshold
     ):
         return Action.IN_FLIGHT
-    if row.attempts >= max_attempts:
+    unrun = resumes_unrun and row.status is Status.PROCESSING and row.version == resumes_version
+    if row.attempts - unrun >= max_attempts:
         return Action.POISON
-    return Action.TAKE_OVER
+    return Action.RESUME if unrun else Action.TAKE_OVER
 
 
 class Inbox:
@@ -127,6 +132,7 @@ class Inbox:
         redelivered: bool = False,
         legacy_keys: Sequence[str] = (),
         resumes_version: int | None = None,
+        resumes_unrun: bool = False,
     ) -> Claim:
         """Claim the message for ``handler_key``: count the attempt, or say why not to run."""
         if legacy_keys and (done := self.store.find_completed(message_id, legacy_keys)):
@@ -147,6 +153,7 @@ class Inbox:
                 stuck_threshold=self.stuck_threshold,
                 max_attempts=self.max_attempts,
                 resumes_version=resumes_version,
+                resumes_unrun=resumes_unrun,
             )
             claim = self._act(action, row, message_id, handler_key, now, owner)
             if claim is not None:
@@ -183,12 +190,14 @@ class Inbox:
             return Claim(
                 Outcome.EXHAUSTED, message_id, handler_key, row.attempts, version=row.version
             )
+        counted = action is Action.TAKE_OVER
         with self._uncertain(message_id, version=row.version + 1):
-            taken = self.store.take_over(message_id, handler_key, row.version, now, owner)
-        if taken:
-            return Claim(
-                Outcome.RUN, message_id, handler_key, row.attempts + 1, version=row.version + 1
+            taken = self.store.take_over(
+                message_id, handler_key, row.version, now, owner, count_attempt=counted
             )
+        if taken:
+            attempts = row.attempts + counted
+            return Claim(Outcome.RUN, message_id, handler_key, attempts, version=row.version + 1)
         return None
 
     @contextmanager

@@ -31,7 +31,7 @@ from .dead_letters import DeadLetterReason, FailedMessage, reason_of
 from .exceptions import LostOwnership, PermanentFailure, ReliableError
 from .extension import Reliable
 from .inbox import Claim, utcnow
-from .message import DEFERRALS_HEADER, RESUMES_HEADER, SENT_AT_HEADER
+from .message import DEFERRALS_HEADER, RESUMES_HEADER, RESUMES_UNRUN_HEADER, SENT_AT_HEADER
 from .poison import FailureContext, judge
 from .states import DEAD_LETTERED, announce
 
@@ -195,6 +195,7 @@ class Delivery:
         *,
         reason: str,
         delay: timedelta | None = None,
+        unrun: bool = False,
     ) -> NoReturn:
         """Publish this message again later (same id), then end this delivery.
 
@@ -212,6 +213,10 @@ class Delivery:
         headers[DEFERRALS_HEADER] = deferrals
         if abandoned_version is not None:
             headers[RESUMES_HEADER] = abandoned_version
+        if unrun:  # the abandoned claim never ran the body: resuming it is the same attempt
+            headers[RESUMES_UNRUN_HEADER] = True
+        else:
+            headers.pop(RESUMES_UNRUN_HEADER, None)
         seconds = (
             delay.total_seconds()
             if delay is not None

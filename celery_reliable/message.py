@@ -16,6 +16,9 @@ from .store.tables import KEY_LENGTH
 MESSAGE_ID_HEADER = "reliable_message_id"
 #: Set on a copy a delivery re-published: the claim version its run abandoned.
 RESUMES_HEADER = "reliable_resumes_version"
+#: With RESUMES_HEADER, when that claim never ran the body (its answer was lost): the copy
+#: takes it over without counting another attempt.
+RESUMES_UNRUN_HEADER = "reliable_resumes_unrun"
 #: How many times a message was deferred (waiting for a live delivery or the store).
 DEFERRALS_HEADER = "reliable_deferrals"
 #: When the message was published, or is due (epoch seconds): the lag metrics start here.

@@ -46,6 +46,7 @@ from .lifecycle import Delivery
 from .message import (
     MESSAGE_ID_HEADER,
     RESUMES_HEADER,
+    RESUMES_UNRUN_HEADER,
     SENT_AT_HEADER,
     message_id_from,
     validate_message_id,
@@ -240,9 +241,10 @@ class ReliableTask(Task):  # type: ignore[misc]
                 redelivered=bool((request.delivery_info or {}).get("redelivered")),
                 legacy_keys=keys[1:],
                 resumes_version=headers.get(RESUMES_HEADER),
+                resumes_unrun=headers.get(RESUMES_UNRUN_HEADER) is True,
             )
         except ClaimUncertain as exc:  # the claim may have committed: its copy may resume it
-            run.defer(exc.version, reason=str(exc))
+            run.defer(exc.version, reason=str(exc), unrun=True)
         except DBAPIError as exc:
             run.defer(None, reason=f"store unavailable while claiming: {exc}")
         if claim.outcome is Outcome.DUPLICATE:

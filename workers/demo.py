@@ -85,8 +85,13 @@ def main() -> int:
     say(f"  broker {shop.app.conf.broker_url}   store {store}\n")
     shop.create_tables()
     run = uuid.uuid4().hex[:6]
-    with start_worker(
-        shop.app, pool="threads", concurrency=2, perform_ping_check=False, loglevel="ERROR"
+    with start_worker(  # a busy machine can take more than Celery's default 10 s to stop
+        shop.app,
+        pool="threads",
+        concurrency=2,
+        perform_ping_check=False,
+        loglevel="ERROR",
+        shutdown_timeout=60,
     ):
         order = f"order-{run}-1"
         shop.place_order(order, 4200)

@@ -56,9 +56,19 @@ class InboxStore(Protocol):
         """A completed row of the message under any of ``handler_keys``."""
 
     def take_over(
-        self, message_id: str, handler_key: str, expected_version: int, now: datetime, owner: str
+        self,
+        message_id: str,
+        handler_key: str,
+        expected_version: int,
+        now: datetime,
+        owner: str,
+        *,
+        count_attempt: bool = True,
     ) -> bool:
-        """Claim an existing row again (attempts + 1, version + 1) if still at that version."""
+        """Claim an existing row again (attempts + 1, version + 1) if still at that version.
+
+        ``count_attempt=False`` keeps the attempt count: the claim taken over never ran.
+        """
 
     def finish(
         self,

@@ -59,7 +59,7 @@ class SqlStore:
             .where(fenced)
             .values(
                 status=Status.PROCESSING.value,
-                attempts=status.c.attempts + 1,
+                attempts=status.c.attempts + bindparam("b_counted"),
                 version=status.c.version + 1,
                 owner=bindparam("b_owner"),
                 processing_started_at=bindparam("b_now"),
@@ -160,7 +160,14 @@ class SqlStore:
         return None if row is None else _status_row(row)
 
     def take_over(
-        self, message_id: str, handler_key: str, expected_version: int, now: datetime, owner: str
+        self,
+        message_id: str,
+        handler_key: str,
+        expected_version: int,
+        now: datetime,
+        owner: str,
+        *,
+        count_attempt: bool = True,
     ) -> bool:
         params = {
             "b_message_id": message_id,
@@ -168,6 +175,7 @@ class SqlStore:
             "b_expected_version": expected_version,
             "b_owner": owner,
             "b_now": now,
+            "b_counted": 1 if count_attempt else 0,
         }
         with self.database.claims.begin() as conn:
             return conn.execute(self._take_over, params).rowcount == 1

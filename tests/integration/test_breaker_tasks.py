@@ -66,7 +66,9 @@ def setup(request, tmp_path_factory):
     def strict_pay(self):
         return gateway.call(self.request.id)
 
-    with start_worker(app, pool="threads", concurrency=2, perform_ping_check=False):
+    with start_worker(
+        app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=60
+    ):
         yield app, reliable, gateway, transitions
     reliable.breakers.reset("payments")
     reliable.breakers.reset("strict")

@@ -153,7 +153,9 @@ def define_tasks(h: Lifecycle) -> None:
 @pytest.fixture(scope="module")
 def lifecycle(module_db):
     h = Lifecycle(*module_db)
-    with start_worker(h.app, pool="threads", concurrency=2, perform_ping_check=False):
+    with start_worker(
+        h.app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=60
+    ):
         yield h
     h.close()
 

@@ -58,7 +58,9 @@ def app(meter_provider, module_db):
         raise ValueError("no")
 
     app.ok, app.bad = ok, bad
-    with start_worker(app, pool="threads", concurrency=1, perform_ping_check=False):
+    with start_worker(
+        app, pool="threads", concurrency=1, perform_ping_check=False, shutdown_timeout=60
+    ):
         yield app
     reliable.database.dispose()
 

@@ -72,7 +72,9 @@ class Shop:
 @pytest.fixture(scope="module")
 def running_shop(module_db):
     shop = Shop(*module_db)
-    with start_worker(shop.app, pool="threads", concurrency=2, perform_ping_check=False):
+    with start_worker(
+        shop.app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=60
+    ):
         yield shop
     shop.reliable.database.dispose()
 
@@ -230,7 +232,7 @@ def test_a_running_relay_is_woken_by_commits_on_postgresql(db_url, table_prefix)
     stop = threading.Event()
     relay = threading.Thread(target=shop.reliable.relay.run, args=(stop,))
     try:
-        with start_worker(shop.app, pool="threads", perform_ping_check=False):
+        with start_worker(shop.app, pool="threads", perform_ping_check=False, shutdown_timeout=60):
             relay.start()
             wait_for(lambda: _listening(shop), 10, what="the relay to LISTEN")
             with shop.reliable.database.engine.begin() as conn:

@@ -164,7 +164,9 @@ def _kill_own_connection(session) -> None:
 @pytest.fixture(scope="module")
 def worker_harness(module_db):
     h = Harness(*module_db)
-    with start_worker(h.app, pool="threads", concurrency=2, perform_ping_check=False):
+    with start_worker(
+        h.app, pool="threads", concurrency=2, perform_ping_check=False, shutdown_timeout=60
+    ):
         yield h
     h.close()
 
@@ -318,6 +320,8 @@ def test_a_claim_that_committed_but_whose_answer_was_lost_resumes_at_once(h, mon
     assert dropped == [True]  # the first claim did commit
     assert h.effect_rows() == [(result.id, 5)]
     assert sum(h.body_runs.values()) == 1
+    # The committed claim never ran the body: its copy resumed the same attempt.
+    assert h.status("uncertain-1", "charge").attempts == 1
 
 
 def test_a_claim_lost_by_the_store_is_processed_again_not_dropped(h):

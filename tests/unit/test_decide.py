@@ -15,7 +15,7 @@ def row(status, attempts=1, started_ago=timedelta(seconds=1), version=1):
     return StatusRow("key", status, attempts, version, NOW - started_ago, None)
 
 
-def verdict(r, redelivered=False, resumes_version=None, max_attempts=3):
+def verdict(r, redelivered=False, resumes_version=None, max_attempts=3, resumes_unrun=False):
     return decide(
         r,
         redelivered=redelivered,
@@ -23,6 +23,7 @@ def verdict(r, redelivered=False, resumes_version=None, max_attempts=3):
         stuck_threshold=LEASE,
         max_attempts=max_attempts,
         resumes_version=resumes_version,
+        resumes_unrun=resumes_unrun,
     )
 
 
@@ -64,3 +65,16 @@ def test_max_attempts_poisons_instead_of_running(status):
 
 def test_a_live_run_on_its_last_attempt_is_left_alone():
     assert verdict(row(Status.PROCESSING, attempts=3)) is Action.IN_FLIGHT
+
+
+def test_resuming_a_claim_that_never_ran_is_the_same_attempt():
+    unrun = row(Status.PROCESSING, attempts=3, version=4)  # the 3rd attempt's claim, unrun
+    assert verdict(unrun, resumes_version=4, resumes_unrun=True) is Action.RESUME
+    assert verdict(unrun, resumes_version=4) is Action.POISON  # the 3rd attempt ran
+
+
+def test_the_unrun_hint_counts_only_for_the_claim_it_names():
+    moved_on = row(Status.PROCESSING, attempts=2, version=5, started_ago=LEASE * 2)
+    assert verdict(moved_on, resumes_version=4, resumes_unrun=True) is Action.TAKE_OVER
+    failed = row(Status.FAILED, attempts=2, version=4)  # that claim's run ended: it ran
+    assert verdict(failed, resumes_version=4, resumes_unrun=True) is Action.TAKE_OVER

@@ -73,6 +73,15 @@ def _app(kind: str, prefix: str) -> Any:
     return app
 
 
+def _fresh(kind: str, stem: str) -> tuple[Any, Reliable, str, str]:
+    """An app on ``kind`` with new outbox tables: (app, reliable, table prefix, queue name)."""
+    prefix = f"{stem}{uuid.uuid4().hex[:8]}_"
+    app = _app(kind, prefix)
+    reliable = Reliable.of(app)
+    reliable.create_schema()
+    return app, reliable, prefix, f"q_{prefix}"
+
+
 def _fill(reliable: Any, task: Any, count: int) -> None:
     with reliable.database.engine.begin() as conn:
         for n in range(count):
@@ -218,11 +227,7 @@ def run(count: int | None, brokers: list[str], repeat: int) -> list[Row]:
         if reason := unreachable(kind):
             print(f"relay {kind}: skipped: {reason}")
             continue
-        prefix = f"benchr{uuid.uuid4().hex[:8]}_"
-        app = _app(kind, prefix)
-        reliable = Reliable.of(app)
-        reliable.create_schema()
-        queue_name = f"q_{prefix}"
+        app, reliable, prefix, queue_name = _fresh(kind, "benchr")
         purge = functools.partial(_purge, app, queue_name)
         try:
             _fill(reliable, app.tasks["bench.noop"], count)
@@ -267,11 +272,7 @@ def memory(rows: int, brokers: list[str]) -> None:
         if reason := unreachable(kind):
             print(f"{kind:<10}skipped: {reason}")
             continue
-        prefix = f"benchm{uuid.uuid4().hex[:8]}_"
-        app = _app(kind, prefix)
-        reliable = Reliable.of(app)
-        reliable.create_schema()
-        queue_name = f"q_{prefix}"
+        app, reliable, prefix, queue_name = _fresh(kind, "benchm")
         stop = threading.Event()
         sink = threading.Thread(target=_empty_queue, args=(app, queue_name, stop))
         try:

@@ -273,33 +273,38 @@ def fit_entry(row: dict[str, Any], budget: int) -> None:
     cut. Each step is noted in the exception message; raise ``max_allowed_packet`` to keep
     whole messages.
     """
+    sizes = {name: literal_size(value) for name, value in row.items()}  # values are MBs
+
+    def put(name: str, value: Any) -> None:
+        row[name], sizes[name] = value, literal_size(value)
 
     def over() -> int:
-        return sum(literal_size(value) for value in row.values()) - budget
+        return sum(sizes.values()) - budget
 
     if over() <= 0:
         return
     notes = []
-    raw, args_size = row["raw_body"], literal_size(row["args"]) + literal_size(row["kwargs"])
+    raw, args_size = row["raw_body"], sizes["args"] + sizes["kwargs"]
     if raw is not None and row["args"] is not None:
-        row["raw_body"] = None
+        put("raw_body", None)
         if over() <= 0:
             notes.append(f"raw body of {len(raw)} bytes not kept (the arguments are)")
         else:
-            row["raw_body"] = raw
+            put("raw_body", raw)
     if over() > 0 and row["args"] is not None:
-        row["args"] = row["kwargs"] = None
+        put("args", None)
+        put("kwargs", None)
         notes.append(f"arguments of {args_size} bytes not kept")
     if over() > 0 and row["raw_body"] is not None:
         body = row["raw_body"]
-        row["raw_body"] = body[: max(0, len(body) - over())]
+        put("raw_body", body[: max(0, len(body) - over())])
         while over() > 0 and row["raw_body"]:  # escapes: the cut bytes may have counted less
-            row["raw_body"] = row["raw_body"][: -over()]
+            put("raw_body", row["raw_body"][: -over()])
         notes.append(f"raw body cut to {len(row['raw_body'])} of {len(body)} bytes")
     for name in _CUTTABLE:
         if over() > 0 and row[name]:
             size = len(row[name])
-            row[name] = "{}" if name == "headers" else row[name][: max(0, size - over())]
+            put(name, "{}" if name == "headers" else row[name][: max(0, size - over())])
             notes.append(f"{name} cut from {size} characters")
     note = (
         f"[entry cut to the {budget} bytes one statement of the store takes "
@@ -903,7 +908,7 @@ class _BatchReplay:
         plan = self._plans.get(key)
         if plan is None:
             try:
-                plan = self._outbox.plan(task_name, dict(options))
+                plan = MessagePlan(self._outbox, task_name, dict(options))
             except Exception as exc:  # fails each entry of the task alike
                 plan = exc
             self._plans[key] = plan

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 from celery import Celery, Signature, current_task
@@ -76,7 +76,7 @@ class Outbox:
         return str(row["message_id"])
 
     @cached_property
-    def _driver_type(self) -> str:
+    def driver_type(self) -> str:
         """The producer app's broker transport, for which rows are prepared (``wire``)."""
         with self.app.connection_for_write() as connection:
             return str(connection.transport.driver_type)
@@ -95,7 +95,7 @@ class Outbox:
         options = {**signature.options, **celery_options}
         headers = dict(options.pop("headers", None) or {})
         task_id = str(options.pop("task_id", None) or uuid())
-        plan = self.plan(signature.task, options)
+        plan = MessagePlan(self, signature.task, options)
         try:
             if message_id is not None:
                 headers[MESSAGE_ID_HEADER] = validate_message_id(message_id)
@@ -115,35 +115,6 @@ class Outbox:
             eta=eta,
         )
 
-    def plan(self, name: str, options: dict[str, Any]) -> MessagePlan:
-        """What the rows of task ``name`` sent with ``options`` share (see MessagePlan).
-
-        ``options`` are ``apply_async``'s, without ``headers`` and ``task_id`` (given to
-        each row); the plan takes them over. Raises EnqueueError for an unknown task or a
-        refused serializer.
-        """
-        return MessagePlan(self, name, options)
-
-    def _route(
-        self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
-    ) -> tuple[str | None, str, str, int]:
-        """Where Celery itself would send the message (same rules as ``send_task``)."""
-        amqp = self.app.amqp
-        routed = amqp.router.route(options, name, args, kwargs)
-        queue = routed.get("queue") or amqp.default_queue
-        if isinstance(queue, str):
-            queue = amqp.queues[queue]
-        exchange, routing_key = routed.get("exchange"), routed.get("routing_key")
-        exchange_name = getattr(exchange, "name", exchange)
-        exchange_type = getattr(queue.exchange, "type", "direct")
-        if (not exchange_name or not routing_key) and exchange_type == "direct":
-            exchange_name, routing_key = "", queue.name
-        else:
-            exchange_name = exchange_name or queue.exchange.name
-            routing_key = routing_key or queue.routing_key
-        delivery_mode = int(getattr(queue.exchange, "delivery_mode", None) or 2)
-        return queue.name, exchange_name or "", routing_key or "", delivery_mode
-
 
 class MessagePlan:
     """The part of an outbox row that depends on the task and its options only.
@@ -156,6 +127,9 @@ class MessagePlan:
     """
 
     def __init__(self, outbox: Outbox, name: str, options: dict[str, Any]) -> None:
+        """``options`` are ``apply_async``'s, without ``headers`` and ``task_id`` (given to
+        each row); the plan takes them over. Raises EnqueueError for an unknown task or a
+        refused serializer."""
         app = outbox.app
         task = app.tasks.get(name)
         if task is None:
@@ -167,7 +141,7 @@ class MessagePlan:
                 "reliable_outbox_allow_pickle = True to allow it"
             )
         self.name, self.serializer = name, serializer
-        self._outbox, self._amqp = outbox, app.amqp
+        self._amqp = amqp = app.amqp
         self._limit = outbox.settings.outbox_max_payload_bytes
         self._expires = options.pop("expires", None)
         self._ignore_result = options.pop("ignore_result", task.ignore_result)
@@ -179,17 +153,14 @@ class MessagePlan:
         self._origin = anon_nodename()
         self._repr_levels = levels = app.conf.task_repr_maxlevels
         # Messages without positional or keyword arguments are common: their reprs, once.
-        self._empty_reprs = (
-            saferepr((), app.amqp.argsrepr_maxsize, maxlevels=levels),
-            saferepr({}, app.amqp.kwargsrepr_maxsize, maxlevels=levels),
-        )
+        self._empty_reprs = _empty_reprs(amqp.argsrepr_maxsize, amqp.kwargsrepr_maxsize, levels)
         self._trace: dict[str, Any] = {}
         inject_trace_context(self._trace)
-        self._wire_format = wire.format_for(outbox._driver_type, self._priority)
+        self._wire_format = wire.format_for(outbox.driver_type, self._priority)
         self._options = options
         # Celery's routes from a mapping ignore the arguments; a router function may not.
-        static = all(isinstance(route, MapRoute) for route in app.amqp.router.routes)
-        self._static_route = outbox._route(name, (), {}, dict(options)) if static else None
+        static = all(isinstance(route, MapRoute) for route in amqp.router.routes)
+        self._static_route = _route(amqp, name, (), {}, dict(options)) if static else None
 
     def row(
         self,
@@ -243,7 +214,7 @@ class MessagePlan:
                 f"message for {name!r} is {len(data)} bytes; reliable_outbox_max_payload_bytes "
                 f"is {self._limit}"
             )
-        route = self._static_route or self._outbox._route(name, args, kwargs, dict(self._options))
+        route = self._static_route or _route(self._amqp, name, args, kwargs, dict(self._options))
         queue, exchange, routing_key, delivery_mode = route
         properties = {**message.properties, "delivery_mode": delivery_mode}
         if self._priority is not None:
@@ -308,3 +279,29 @@ def _due(now: datetime, countdown: float | None, eta: datetime | None) -> dateti
             raise EnqueueError(f"eta must be a timezone-aware datetime, got {eta!r}")
         return max(eta, now)
     return now
+
+
+def _route(
+    amqp: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], options: dict[str, Any]
+) -> tuple[str | None, str, str, int]:
+    """Where Celery itself would send the message (same rules as ``send_task``)."""
+    routed = amqp.router.route(options, name, args, kwargs)
+    queue = routed.get("queue") or amqp.default_queue
+    if isinstance(queue, str):
+        queue = amqp.queues[queue]
+    exchange, routing_key = routed.get("exchange"), routed.get("routing_key")
+    exchange_name = getattr(exchange, "name", exchange)
+    exchange_type = getattr(queue.exchange, "type", "direct")
+    if (not exchange_name or not routing_key) and exchange_type == "direct":
+        exchange_name, routing_key = "", queue.name
+    else:
+        exchange_name = exchange_name or queue.exchange.name
+        routing_key = routing_key or queue.routing_key
+    delivery_mode = int(getattr(queue.exchange, "delivery_mode", None) or 2)
+    return queue.name, exchange_name or "", routing_key or "", delivery_mode
+
+
+@lru_cache(maxsize=16)
+def _empty_reprs(args_max: int, kwargs_max: int, levels: int) -> tuple[str, str]:
+    """``as_task_v2``'s argsrepr and kwargsrepr of no arguments, for these repr limits."""
+    return saferepr((), args_max, maxlevels=levels), saferepr({}, kwargs_max, maxlevels=levels)

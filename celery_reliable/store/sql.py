@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import Connection, Insert, bindparam, case, insert, select, update
@@ -212,6 +213,11 @@ class SqlStore:
         with self.database.autocommit.begin() as conn:
             conn.execute(self._save_result, params)
 
+    @cached_property
+    def _value_budget(self) -> int | None:
+        """Read once: completions are the hot path."""
+        return value_budget(self.database)
+
     def _bounded(self, text: str | None, message_id: str, what: str, *, cut: bool) -> str | None:
         """``text``, or less of it when one statement of the store cannot carry it all.
 
@@ -219,7 +225,7 @@ class SqlStore:
         be refused like an outage and the message deferred for ever. A result is then not
         stored (a duplicate gets None, as for a result that is not JSON); an error is cut.
         """
-        budget = value_budget(self.database)
+        budget = self._value_budget
         if text is None or budget is None or literal_size(text) <= budget:
             return text
         logger.warning(

@@ -113,7 +113,7 @@ def test_the_fast_path_writes_the_rows_build_row_writes(reliable, monkeypatch):
     for row, want in zip(rows, expected, strict=True):
         for column in columns:
             assert row[column] == want[column], (row["message_id"], column)
-    driver = reliable.outbox._driver_type
+    driver = reliable.outbox.driver_type
     formats = {row["wire_format"] for row in rows}
     assert formats == ({"amqp"} if driver == "amqp" else {"redis", None})  # priority: kombu's
     assert all(row["wire"] for row in rows if row["wire_format"] == "amqp")

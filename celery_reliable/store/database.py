@@ -80,7 +80,8 @@ class Database:
 
         MySQL and MariaDB refuse a statement over ``max_allowed_packet`` (16 MB by default)
         by closing the connection, which looks like an outage. Writers of rows that can be
-        megabytes (dead letters) check against this first. Read once per process.
+        megabytes (dead letters, stored results) check against this first (``store/limits.py``).
+        Read once per process.
         """
         if self.dialect not in ("mysql", "mariadb"):
             return None

@@ -21,7 +21,7 @@ from celery import Celery
 from sqlalchemy import and_, create_engine, delete, func, insert, make_url, select
 
 from celery_reliable import Reliable
-from celery_reliable.inbox import utcnow
+from celery_reliable.clock import utcnow
 from celery_reliable.testing import drop_store
 
 from .inbox import STORE

@@ -27,7 +27,7 @@ from celery import Celery
 from sqlalchemy import func, insert, select
 
 from celery_reliable import DeadLetterReason, Reliable, ReliableTask
-from celery_reliable.inbox import utcnow
+from celery_reliable.clock import utcnow
 
 from . import relay
 from .inbox import BROKERS, STORE, Queue, drop_tables, unreachable, until

@@ -41,9 +41,9 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from . import wire
+from .clock import utcnow
 from .durations import ago, parse_duration
 from .exceptions import DeadLetterNotFound, InvalidArgument, ReliableError
-from .inbox import utcnow
 from .message import MESSAGE_ID_HEADER, validate_message_id
 from .outbox import MessagePlan
 from .signals import dead_letter_alert

@@ -13,11 +13,12 @@ import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 from kombu.utils import json as kombu_json
 
+from .clock import utcnow
 from .exceptions import ClaimUncertain, LostOwnership, ReliableError, StoreUnavailable
 from .store.base import InboxStore, Status, StatusRow
 
@@ -60,10 +61,6 @@ class Claim:
     version: int = 0
     result: str | None = None
     retry_in: timedelta = timedelta(0)
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 def decide(

@@ -27,10 +27,11 @@ from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy.exc import DBAPIError
 
 from .classify import Kind
+from .clock import utcnow
 from .dead_letters import DeadLetterReason, FailedMessage, reason_of
 from .exceptions import LostOwnership, PermanentFailure, ReliableError
 from .extension import Reliable
-from .inbox import Claim, utcnow
+from .inbox import Claim
 from .message import DEFERRALS_HEADER, RESUMES_HEADER, RESUMES_UNRUN_HEADER, SENT_AT_HEADER
 from .poison import FailureContext, judge
 from .states import DEAD_LETTERED, announce

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import ColumnElement, Table, and_, delete, exists, func, select, tuple_, update
 
-from .inbox import utcnow
+from .clock import utcnow
 from .store.base import Status
 from .store.outbox_rows import PENDING, SENT
 

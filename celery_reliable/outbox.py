@@ -28,8 +28,8 @@ from sqlalchemy import Connection, insert
 from sqlalchemy.orm import Session
 
 from . import wire
+from .clock import utcnow
 from .exceptions import EnqueueError, InvalidMessageId
-from .inbox import utcnow
 from .message import MESSAGE_ID_HEADER, SENT_AT_HEADER, validate_message_id
 from .settings import Settings
 from .store.tables import Tables

@@ -24,8 +24,8 @@ from typing import Any
 from celery import Celery
 
 from .brokers import BatchPublisher, publisher_for
+from .clock import utcnow
 from .exceptions import LockLost
-from .inbox import utcnow
 from .locks import Lock
 from .settings import Settings
 from .store.outbox_rows import Claimed, OutboxRows

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from sqlalchemy import insert, select
 
-from celery_reliable.inbox import utcnow
+from celery_reliable.clock import utcnow
 from celery_reliable.store.base import Status
 from celery_reliable.testing import wait_for
 from tests.support import celery_process

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import select, update
 
 from celery_reliable import DeadLetterNotFound, DeadLetterReason, InvalidArgument, Reliable
+from celery_reliable.clock import utcnow
 from celery_reliable.dead_letters import FailedMessage
-from celery_reliable.inbox import utcnow
 from celery_reliable.signals import dead_letter_alert
 from tests.support import make_app
 

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import insert
 
 from celery_reliable import Reliable
+from celery_reliable.clock import utcnow
 from celery_reliable.dead_letters import FailedMessage
 from celery_reliable.health import DEGRADED, OK, UNHEALTHY
-from celery_reliable.inbox import utcnow
 from tests.support import make_app
 
 

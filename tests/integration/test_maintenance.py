@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from celery_reliable import InvalidArgument, Reliable
+from celery_reliable.clock import utcnow
 from celery_reliable.dead_letters import FailedMessage
-from celery_reliable.inbox import utcnow
 from celery_reliable.schedule import CLEANUP_TASK, RECOVER_TASK, SettingSchedule
 from celery_reliable.store.base import Status
 from tests.support import make_app

@@ -12,7 +12,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, u
 from sqlalchemy.orm import Session
 
 from celery_reliable import EnqueueError, Reliable, ReliableTask
-from celery_reliable.inbox import utcnow
+from celery_reliable.clock import utcnow
 from celery_reliable.relay import Relay
 from celery_reliable.testing import wait_for
 from tests.support import make_app

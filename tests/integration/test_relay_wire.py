@@ -18,7 +18,7 @@ from kombu.utils import json as kombu_json
 from sqlalchemy import select, update
 
 from celery_reliable import Reliable
-from celery_reliable.inbox import utcnow
+from celery_reliable.clock import utcnow
 from celery_reliable.relay import Relay
 from celery_reliable.testing import drop_store
 from tests.support import make_app, require, unique

@@ -12,8 +12,8 @@ import pytest
 from sqlalchemy import select
 
 from celery_reliable import DeadLetterReason, Reliable
+from celery_reliable.clock import utcnow
 from celery_reliable.dead_letters import FailedMessage
-from celery_reliable.inbox import utcnow
 from celery_reliable.store.base import Status
 from celery_reliable.store.limits import STATEMENT_ROOM, value_budget
 from celery_reliable.testing import drop_store

@@ -3,6 +3,7 @@
 Public names only; everything else is internal and may change.
 """
 
+from .dead_lettered import DeadLettered
 from .dead_letters import DeadLetter, DeadLetterReason
 from .exceptions import (
     ConfigurationError,
@@ -33,6 +34,7 @@ __all__ = [
     "DeadLetter",
     "DeadLetterNotFound",
     "DeadLetterReason",
+    "DeadLettered",
     "EnqueueError",
     "FailureContext",
     "InvalidArgument",

@@ -9,6 +9,7 @@ def test_public_names_are_pinned():
         "DeadLetter",
         "DeadLetterNotFound",
         "DeadLetterReason",
+        "DeadLettered",
         "EnqueueError",
         "FailureContext",
         "InvalidArgument",

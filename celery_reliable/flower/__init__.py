@@ -2,9 +2,9 @@
 
 Flower's application is built as ``celery flower`` builds it; then our pages are added with
 Tornado's ``Application.add_handlers`` (which puts them ahead of Flower's catch-all 404) and
-our template loader is given in the ``template_loader`` setting (see :mod:`.loader`). No
-file of Flower's is changed and nothing of Flower's is monkeypatched, so ``celery flower``
-itself stays as it is.
+our template loader is given in the ``template_loader`` setting (see :mod:`.loader`), and its
+events state ranks our final states first (see :mod:`.events`). No file of Flower's is
+changed and nothing of Flower's is monkeypatched, so ``celery flower`` itself stays as it is.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from celery import Celery
 
 from celery_reliable.extension import Reliable
 
+from .events import reliable_events
 from .handlers import urls
 from .loader import loader
 
@@ -32,11 +33,27 @@ def create_app(capp: Celery, reliable: Reliable, options: Any, settings: Mapping
     and ``FLOWER_*`` variables; ``--url_prefix`` applies to our pages as to Flower's.
     """
     from flower.app import Flower, rewrite_handler  # type: ignore[import-untyped]
+    from flower.events import Events  # type: ignore[import-untyped]
+    from tornado.ioloop import IOLoop
     from tornado.web import url
 
+    io_loop = IOLoop.current()
+    events = reliable_events(
+        Events,
+        capp=capp,
+        io_loop=io_loop,
+        db=options.db,
+        persistent=options.persistent,
+        state_save_interval=options.state_save_interval,
+        enable_events=options.enable_events,
+        max_workers_in_memory=options.max_workers,
+        max_tasks_in_memory=options.max_tasks,
+    )
     app = Flower(
         capp=capp,
         options=options,
+        events=events,
+        io_loop=io_loop,
         **{**settings, "template_loader": loader(settings["template_path"])},
     )
     specs = [url(*spec) for spec in urls(reliable.dead_letters)]

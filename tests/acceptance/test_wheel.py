@@ -6,6 +6,7 @@ data; a wheel that lost them would pass every other test (they run from the chec
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,9 @@ from celery_reliable import Reliable
 app = Celery("wheelapp", broker="memory://")
 Reliable(app)
 """
+
+#: What would let the test environment's packages into the wheel's.
+LEAKS = {"PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "VIRTUAL_ENV"}
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -45,15 +49,19 @@ def test_the_wheel_carries_its_data_and_migrates_a_store(tmp_path: Path):
         templates
     )
 
-    # A virtualenv that sees the installed dependencies but not this checkout.
+    # A virtualenv of its own, from whatever interpreter runs the tests (a virtualenv or
+    # not): the wheel and its dependencies from the package index, nothing from this
+    # checkout or the environment running the tests (an editable install, PYTHONPATH).
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", "--system-site-packages", venv, cwd=tmp_path)
+    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, cwd=tmp_path)
     project = tmp_path / "project"
     project.mkdir()
     (project / "wheelapp.py").write_text(APP)
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "PYTHONPATH": str(project)}
+    clean = {k: v for k, v in os.environ.items() if k not in LEAKS}  # pip's settings stay
+    clean["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
+    run(python, "-m", "pip", "install", "-q", wheel, cwd=tmp_path, env=clean)
+    env = {**clean, "PYTHONPATH": str(project)}
     where = run(
         python,
         "-c",

@@ -26,6 +26,17 @@ Reliable(app)
 LEAKS = {"PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "VIRTUAL_ENV"}
 
 
+def installed_packages() -> list[str]:
+    """The directories this interpreter imports installed packages from (its own, a
+    virtualenv's, or both), without the checkout."""
+    return [
+        path
+        for path in sys.path
+        if Path(path).name in ("site-packages", "dist-packages")
+        and not Path(path).resolve().is_relative_to(ROOT)
+    ]
+
+
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
     result = subprocess.run(
         [str(a) for a in args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
@@ -49,18 +60,25 @@ def test_the_wheel_carries_its_data_and_migrates_a_store(tmp_path: Path):
         templates
     )
 
-    # A virtualenv of its own, from whatever interpreter runs the tests (a virtualenv or
-    # not): the wheel and its dependencies from the package index, nothing from this
-    # checkout or the environment running the tests (an editable install, PYTHONPATH).
+    # A virtualenv of its own (made by whatever interpreter runs the tests: a virtualenv
+    # or not), with the wheel installed and nothing of this checkout. The dependencies are
+    # the ones the tests run with, reached through a .pth file: no download, and no
+    # editable install of the checkout (the .pth files of those directories are not read).
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
+    site_packages = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    (site_packages / "site-packages" / "test_dependencies.pth").write_text(
+        "\n".join(installed_packages())
+    )
     project = tmp_path / "project"
     project.mkdir()
     (project / "wheelapp.py").write_text(APP)
-    clean = {k: v for k, v in os.environ.items() if k not in LEAKS}  # pip's settings stay
+    # Nor PYTHONPATH: the checkout on it, its egg-info passes for an installed package.
+    clean = {k: v for k, v in os.environ.items() if k not in LEAKS}
     clean["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
-    run(python, "-m", "pip", "install", "-q", wheel, cwd=tmp_path, env=clean)
+    run(python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", wheel,
+        cwd=tmp_path, env=clean)  # fmt: skip
     env = {**clean, "PYTHONPATH": str(project)}
     where = run(
         python,

@@ -67,18 +67,16 @@ def test_the_wheel_carries_its_data_and_migrates_a_store(tmp_path: Path):
     venv = tmp_path / "venv"
     run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
-    site_packages = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    (site_packages / "site-packages" / "test_dependencies.pth").write_text(
-        "\n".join(installed_packages())
-    )
+    own = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    (own / "test_dependencies.pth").write_text("\n".join(installed_packages()))
     project = tmp_path / "project"
     project.mkdir()
     (project / "wheelapp.py").write_text(APP)
     # Nor PYTHONPATH: the checkout on it, its egg-info passes for an installed package.
     clean = {k: v for k, v in os.environ.items() if k not in LEAKS}
     clean["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
-    run(python, "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", wheel,
-        cwd=tmp_path, env=clean)  # fmt: skip
+    install = ("install", "-q", "--no-deps", "--ignore-installed", wheel)  # not the checkout's
+    run(python, "-m", "pip", *install, cwd=tmp_path, env=clean)
     env = {**clean, "PYTHONPATH": str(project)}
     where = run(
         python,

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from celery import Celery
+from click.testing import CliRunner, Result
 from sqlalchemy import func, select
 
 from celery_reliable import MESSAGE_ID_HEADER, Reliable
+from celery_reliable.cli import reliable as reliable_group
+from celery_reliable.exceptions import ConfigurationError
 from celery_reliable.testing import KillableProcess, drop_store
 from tests.support import (
     ROOT,
@@ -146,14 +153,68 @@ def env(db_url: str, tmp_path: Path) -> Iterator[dict[str, str]]:
 
 
 def celery(
-    env: dict[str, str], *args: str, timeout: float = 60
+    env: dict[str, str], *args: str, timeout: float = 60, app: str = APP
 ) -> subprocess.CompletedProcess[str]:
-    """Run `celery -A worker_app ARGS` as a user would, capturing its output."""
+    """Run `celery -A worker_app ARGS` (or ``app``) as a user would, capturing its output."""
     return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", APP, *args],
+        [sys.executable, "-m", "celery", "-A", app, *args],
         env=env,
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class Cli:
+    """``celery -A app reliable ARGS``, run in this process by click's runner.
+
+    Each command gets a fresh app (broker, settings, extension, engines), as each command
+    is a new process for an operator; ``prepare`` sets up what the app module would (a
+    breaker, say). A crash fails the test with its traceback: an exit code is what the
+    command chose, never an exception click caught.
+    """
+
+    db: str
+    prefix: str
+    broker: str = "memory://"
+    conf: dict[str, Any] = dataclasses.field(default_factory=dict)
+    prepare: Callable[[Reliable], None] | None = None
+
+    def but(self, **changes: Any) -> Cli:
+        """The same store, another app: ``cli.but(broker=..., conf={...})``."""
+        return dataclasses.replace(self, **changes)
+
+    def app(self) -> Celery:
+        app = make_app(self.broker, self.db, self.prefix, backend="disabled://", **self.conf)
+        app.task(name="effect", shared=False)(_declared_elsewhere)  # as worker_app declares
+        if self.prepare is not None:
+            self.prepare(Reliable.of(app))
+        return app
+
+    def __call__(self, *args: str) -> Result:
+        app = self.app()
+        extension = Reliable.of(app)
+        try:
+            result = CliRunner().invoke(reliable_group, list(args), obj=SimpleNamespace(app=app))
+        finally:
+            with suppress(ConfigurationError):  # bad settings: no store was built
+                extension.database.dispose()
+        if result.exception is not None and not isinstance(result.exception, SystemExit):
+            raise AssertionError(f"`reliable {' '.join(args)}` crashed") from result.exception
+        return result
+
+
+@pytest.fixture
+def cli() -> Iterator[Cli]:
+    """The CLI on a fresh PostgreSQL store (unmigrated: a test migrates it if it needs to).
+
+    One database is enough: the commands have no database-specific code, and the store
+    adapters under them pass the same contract on every database
+    (tests/integration/test_store_conformance.py).
+    """
+    url = require("postgresql")
+    runner = Cli(url, unique())
+    yield runner
+    drop_store(url, runner.prefix)

@@ -1,4 +1,8 @@
-"""`celery -A app reliable ...` and `celery worker` start-up, run as a user runs them."""
+"""`celery -A app reliable db ...` and `celery worker` start-up, as a user runs them.
+
+The commands run in process (the ``cli`` fixture); `test_cli_smoke.py` runs each group once
+as a real `celery` process. The worker start-up checks run real workers.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +13,16 @@ import pytest
 from .conftest import celery
 
 
-def test_db_upgrade_and_current(env):
-    before = celery(env, "reliable", "db", "current")
-    assert before.returncode == 0, before.stderr
+def test_db_upgrade_and_current(cli):
+    before = cli("db", "current")
+    assert before.exit_code == 0, before.stderr
     assert before.stdout.startswith("none (behind head ")
-    upgraded = celery(env, "reliable", "db", "upgrade")
-    assert upgraded.returncode == 0, upgraded.stderr
+    upgraded = cli("db", "upgrade")
+    assert upgraded.exit_code == 0, upgraded.stderr
     assert upgraded.stdout.startswith("store at revision ")
-    again = celery(env, "reliable", "db", "upgrade")  # idempotent
-    assert again.returncode == 0, again.stderr
-    after = celery(env, "reliable", "db", "current")
+    again = cli("db", "upgrade")  # idempotent
+    assert again.exit_code == 0, again.stderr
+    after = cli("db", "current")
     assert after.stdout.strip().endswith("(up to date)")
 
 
@@ -29,16 +33,16 @@ def test_db_upgrade_and_current(env):
         ("reliable_max_atempts", "unknown setting 'reliable_max_atempts'"),
     ],
 )
-def test_a_bad_setting_is_a_one_line_error_with_exit_code_2(env, setting, message):
-    result = celery({**env, "RT_BAD_SETTING": setting}, "reliable", "db", "upgrade")
-    assert result.returncode == 2
+def test_a_bad_setting_is_a_one_line_error_with_exit_code_2(cli, setting, message):
+    result = cli.but(conf={setting: 0})("db", "upgrade")
+    assert result.exit_code == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_bad_arguments_exit_2(env):
-    result = celery(env, "reliable", "db", "downgrade-everything")
-    assert result.returncode == 2
+def test_bad_arguments_exit_2(cli):
+    result = cli("db", "downgrade-everything")
+    assert result.exit_code == 2
     assert "No such command" in result.stderr
 
 

@@ -1,39 +1,32 @@
-"""`celery -A app reliable breakers [--reset NAME]` as an operator runs it."""
+"""`celery -A app reliable breakers [--reset NAME]` as an operator runs it (in process)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.support import ROOT
 
-APP = "tests.acceptance.lifecycle_app"
-
-
-def breakers(env, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "celery", "-A", APP, "reliable", "breakers", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+def payment_breaker(reliable):
+    """What the app module declares (as tests/acceptance/lifecycle_app.py does)."""
+    reliable.breakers.configure("payment-service", failure_threshold=1, reset_timeout=60)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_list_reset_and_a_bad_name(env):
-    listed = breakers(env, "--json")
-    assert listed.returncode == 0, listed.stderr
+@pytest.fixture
+def breakers(cli):
+    """``celery reliable breakers ARGS`` for an app with one breaker."""
+    return lambda *args: cli.but(prepare=payment_breaker)("breakers", *args)
+
+
+def test_list_reset_and_a_bad_name(breakers):
+    listed = breakers("--json")
+    assert listed.exit_code == 0, listed.stderr
     assert json.loads(listed.stdout) == {"payment-service": "closed"}
-    reset = breakers(env, "--reset", "payment-service")
-    assert (reset.returncode, reset.stdout.strip()) == (
+    reset = breakers("--reset", "payment-service")
+    assert (reset.exit_code, reset.stdout.strip()) == (
         0,
         "circuit breaker payment-service reset: closed",
     )
-    bad = breakers(env, "--reset", "nope")
-    assert bad.returncode == 2
+    bad = breakers("--reset", "nope")
+    assert bad.exit_code == 2
     assert "no circuit breaker named 'nope'" in bad.stderr

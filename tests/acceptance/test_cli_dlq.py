@@ -1,4 +1,4 @@
-"""`celery -A app reliable dlq ...` as an operator runs it, on each database."""
+"""`celery -A app reliable dlq ...` as an operator runs it (in process, see ``Cli``)."""
 
 from __future__ import annotations
 
@@ -9,16 +9,12 @@ from sqlalchemy import select
 
 from celery_reliable import Reliable
 from celery_reliable.dead_letters import FailedMessage
-from tests.support import make_app
-
-from .conftest import celery
 
 
 @pytest.fixture
-def letters(env):
+def letters(cli):
     """The dead-letter store the CLI will see, filled with three entries."""
-    app = make_app("memory://", env["RT_DB"], env["RT_PREFIX"])
-    reliable = Reliable.of(app)
+    reliable = Reliable.of(cli.app())
     reliable.create_schema()
     dl = reliable.dead_letters
     for n, reason in ((1, "MaxRetriesExceeded"), (2, "PoisonMessage"), (3, "PoisonMessage")):
@@ -30,42 +26,43 @@ def letters(env):
     reliable.database.dispose()
 
 
-def dlq(env, *args):
-    return celery(env, "reliable", "dlq", *args)
+@pytest.fixture
+def dlq(cli):
+    """``celery reliable dlq ARGS``."""
+    return lambda *args: cli("dlq", *args)
 
 
-def test_list_show_and_stats(env, letters):
-    listed = dlq(env, "list", "--reason", "PoisonMessage", "--json")
-    assert listed.returncode == 0, listed.stderr
+def test_list_show_and_stats(dlq, letters):
+    listed = dlq("list", "--reason", "PoisonMessage", "--json")
+    assert listed.exit_code == 0, listed.stderr
     assert [e["message_id"] for e in json.loads(listed.stdout)] == ["order-3", "order-2"]
-    table = dlq(env, "list")
+    table = dlq("list")
     assert table.stdout.splitlines()[0].split()[:3] == ["ID", "DEAD-LETTERED", "REASON"]
     assert len(table.stdout.splitlines()) == 4
     entry_id = json.loads(listed.stdout)[0]["id"]
-    shown = dlq(env, "show", str(entry_id))
+    shown = dlq("show", str(entry_id))
     assert "order-3" in shown.stdout
     assert "failure 3" in shown.stdout
-    stats = json.loads(dlq(env, "stats", "--json").stdout)
+    stats = json.loads(dlq("stats", "--json").stdout)
     assert stats["count"] == 3
     assert stats["by_reason"] == {"MaxRetriesExceeded": 1, "PoisonMessage": 2}
 
 
-def test_replay_by_id_and_by_reason(env, letters):
+def test_replay_by_id_and_by_reason(dlq, letters):
     first = letters.dead_letters.list(reason="MaxRetriesExceeded")[0]
-    replayed = dlq(env, "replay", str(first.id))
-    assert replayed.returncode == 0, replayed.stderr
+    replayed = dlq("replay", str(first.id))
+    assert replayed.exit_code == 0, replayed.stderr
     assert f"entry {first.id} replayed as task" in replayed.stdout
-    assert dlq(env, "replay", "--reason", "PoisonMessage", "--dry-run").stdout.strip() == (
+    assert dlq("replay", "--reason", "PoisonMessage", "--dry-run").stdout.strip() == (
         "would replay 2 entries"
     )
     assert letters.dead_letters.count(replayed=True) == 1
-    assert dlq(env, "replay", "--reason", "PoisonMessage").stdout.strip() == "replayed 2 entries"
+    assert dlq("replay", "--reason", "PoisonMessage").stdout.strip() == "replayed 2 entries"
     with letters.database.engine.connect() as conn:
         rows = conn.execute(select(letters.tables.outbox.c.message_id)).scalars().all()
     assert sorted(rows) == ["order-1", "order-2", "order-3"]
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)  # one store is enough here
 @pytest.mark.parametrize(
     "args",
     [
@@ -78,16 +75,16 @@ def test_replay_by_id_and_by_reason(env, letters):
         ("show", "999999"),
     ],
 )
-def test_bad_arguments_are_one_line_exit_2_and_change_nothing(env, letters, args):
-    result = dlq(env, *args)
-    assert result.returncode == 2, result.stdout + result.stderr
+def test_bad_arguments_are_one_line_exit_2_and_change_nothing(dlq, letters, args):
+    result = dlq(*args)
+    assert result.exit_code == 2, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     assert letters.dead_letters.count(replayed=False) == 3
 
 
-def test_purge(env, letters):
-    assert dlq(env, "purge", "--older-than", "1d", "--dry-run").stdout.strip() == (
+def test_purge(dlq, letters):
+    assert dlq("purge", "--older-than", "1d", "--dry-run").stdout.strip() == (
         "would purge 0 entries"
     )
-    assert dlq(env, "purge", "--older-than", "1d").stdout.strip() == "purged 0 entries"
+    assert dlq("purge", "--older-than", "1d").stdout.strip() == "purged 0 entries"
     assert letters.dead_letters.count() == 3

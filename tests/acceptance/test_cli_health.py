@@ -1,4 +1,5 @@
-"""`celery -A app reliable health` as a Kubernetes exec probe runs it: exit codes and output."""
+"""`celery -A app reliable health` as a Kubernetes exec probe runs it: exit codes and output
+(in process; `test_cli_smoke.py` runs it as the probe's process)."""
 
 from __future__ import annotations
 
@@ -7,41 +8,35 @@ import json
 import pytest
 
 from celery_reliable import Reliable
-from tests.support import make_app
-
-from .conftest import celery
 
 
 @pytest.fixture
-def migrated(env):
-    reliable = Reliable.of(make_app("memory://", env["RT_DB"], env["RT_PREFIX"]))
+def migrated(cli):
+    reliable = Reliable.of(cli.app())
     reliable.create_schema()
     reliable.database.dispose()
-    return env
+    return cli
 
 
-@pytest.mark.parametrize("db_url", ["sqlite", "postgresql"], indirect=True)
 def test_ready_and_live_exit_0_on_a_working_host(migrated):
-    ready = celery(migrated, "reliable", "health", "--ready", "--json")
-    assert ready.returncode == 0, ready.stdout + ready.stderr
+    ready = migrated("health", "--ready", "--json")
+    assert ready.exit_code == 0, ready.stdout + ready.stderr
     assert json.loads(ready.stdout)["status"] == "ok"
-    live = celery(migrated, "reliable", "health", "--live")
-    assert live.returncode == 0
+    live = migrated("health", "--live")
+    assert live.exit_code == 0
     assert live.stdout.strip().endswith("live: ok")
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_an_unreachable_broker_is_not_ready_exit_1(migrated):
-    down = {**migrated, "RT_BROKER": "redis://127.0.0.1:9/0"}  # nothing listens on port 9
-    result = celery(down, "reliable", "health", "--ready", "--json", timeout=120)
-    assert result.returncode == 1, result.stdout + result.stderr
+    down = migrated.but(broker="redis://127.0.0.1:9/0")  # nothing listens on port 9
+    result = down("health", "--ready", "--json")
+    assert result.exit_code == 1, result.stdout + result.stderr
     checks = {c["name"]: c["status"] for c in json.loads(result.stdout)["checks"]}
     assert checks["broker"] == "unhealthy"
     assert checks["store"] == "ok"
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_no_mode_is_a_usage_error(migrated):
-    result = celery(migrated, "reliable", "health")
-    assert result.returncode == 2
+    result = migrated("health")
+    assert result.exit_code == 2
     assert "give --ready or --live" in result.stderr

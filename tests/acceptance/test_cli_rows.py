@@ -1,4 +1,5 @@
-"""`celery -A app reliable outbox|inbox ...` run as an operator runs them."""
+"""`celery -A app reliable outbox|inbox|cleanup|recover-stuck ...` as an operator runs them
+(in process, see ``Cli``)."""
 
 from __future__ import annotations
 
@@ -8,16 +9,12 @@ import pytest
 from sqlalchemy import insert
 
 from celery_reliable import Reliable
-from tests.support import make_app
-
-from .conftest import _declared_elsewhere, celery
 
 
 @pytest.fixture
-def store(env):
+def store(cli):
     """A migrated store with one pending and one poisoned outbox row, and inbox marks."""
-    app = make_app("memory://", env["RT_DB"], env["RT_PREFIX"])
-    app.task(name="effect", shared=False)(_declared_elsewhere)
+    app = cli.app()
     reliable = Reliable.of(app)
     reliable.create_schema()
     rows = []
@@ -34,44 +31,50 @@ def store(env):
     reliable.database.dispose()
 
 
-def run(env, *args):
-    result = celery(env, "reliable", *args)
-    return result.returncode, result.stdout, result.stderr
+@pytest.fixture
+def run(cli):
+    """``celery reliable ARGS`` -> (exit code, stdout, stderr)."""
+
+    def run(*args):
+        result = cli(*args)
+        return result.exit_code, result.stdout, result.stderr
+
+    return run
 
 
-def test_outbox_stats_list_and_retry(env, store):
-    code, out, _ = run(env, "outbox", "stats", "--json")
+def test_outbox_stats_list_and_retry(run, store):
+    code, out, _ = run("outbox", "stats", "--json")
     assert code == 0
     stats = json.loads(out)
     assert (stats["due"], stats["poisoned"]) == (1, 1)
-    code, out, _ = run(env, "outbox", "list", "--poisoned")
+    code, out, _ = run("outbox", "list", "--poisoned")
     assert code == 0
     assert "NOT_FOUND - no exchange" in out
     poisoned_id = store.admin.outbox_rows(poisoned=True)[0]["id"]
-    code, out, err = run(env, "outbox", "retry", str(poisoned_id), "999999")
+    code, out, err = run("outbox", "retry", str(poisoned_id), "999999")
     assert code == 2
     assert "999999" in err  # all or nothing: the good id was not retried either
     assert store.admin.outbox_stats().poisoned == 1
-    code, out, _ = run(env, "outbox", "retry", str(poisoned_id))
+    code, out, _ = run("outbox", "retry", str(poisoned_id))
     assert (code, out.strip()) == (0, "1 outbox rows will be published again")
     assert store.admin.outbox_stats().due == 2
 
 
-def test_inbox_stats_list_and_retry(env, store):
-    code, out, _ = run(env, "inbox", "stats", "--json")
+def test_inbox_stats_list_and_retry(run, store):
+    code, out, _ = run("inbox", "stats", "--json")
     assert json.loads(out) == {"processing": 0, "failed": 0, "completed": 1, "poisoned": 1}
-    code, out, _ = run(env, "inbox", "list", "--poisoned")
+    code, out, _ = run("inbox", "list", "--poisoned")
     assert "crashed its worker 10 times" in out
-    code, _, err = run(env, "inbox", "retry", "ok")
+    code, _, err = run("inbox", "retry", "ok")
     assert code == 2
     assert "not quarantined in the inbox: ok" in err
-    code, out, _ = run(env, "inbox", "retry", "dead")
+    code, out, _ = run("inbox", "retry", "dead")
     assert (code, out.strip()) == (0, "1 inbox marks will run on their next delivery")
     assert store.admin.inbox_stats()["poisoned"] == 0
 
 
-def test_cleanup_and_recover_stuck(env, store):
-    code, out, _ = run(env, "cleanup", "--dry-run", "--json")
+def test_cleanup_and_recover_stuck(run, store):
+    code, out, _ = run("cleanup", "--dry-run", "--json")
     assert code == 0
     assert json.loads(out) == {
         "skipped": False,
@@ -82,9 +85,9 @@ def test_cleanup_and_recover_stuck(env, store):
             "dead_letters": 0,
         },
     }
-    code, out, _ = run(env, "cleanup")
+    code, out, _ = run("cleanup")
     assert code == 0
     assert "outbox_sent" in out
-    code, out, _ = run(env, "recover-stuck", "--json")
+    code, out, _ = run("recover-stuck", "--json")
     assert code == 0
     assert json.loads(out)["counts"] == {"outbox_released": 0, "inbox_recovered": 0}

@@ -6,6 +6,7 @@ data; a wheel that lost them would pass every other test (they run from the chec
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import zipfile
@@ -20,6 +21,20 @@ from celery_reliable import Reliable
 app = Celery("wheelapp", broker="memory://")
 Reliable(app)
 """
+
+#: What would let the test environment's packages into the wheel's.
+LEAKS = {"PYTHONPATH", "PYTHONHOME", "PYTHONUSERBASE", "VIRTUAL_ENV"}
+
+
+def installed_packages() -> list[str]:
+    """The directories this interpreter imports installed packages from (its own, a
+    virtualenv's, or both), without the checkout."""
+    return [
+        path
+        for path in sys.path
+        if Path(path).name in ("site-packages", "dist-packages")
+        and not Path(path).resolve().is_relative_to(ROOT)
+    ]
 
 
 def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
@@ -45,15 +60,24 @@ def test_the_wheel_carries_its_data_and_migrates_a_store(tmp_path: Path):
         templates
     )
 
-    # A virtualenv that sees the installed dependencies but not this checkout.
+    # A virtualenv of its own (made by whatever interpreter runs the tests: a virtualenv
+    # or not), with the wheel installed and nothing of this checkout. The dependencies are
+    # the ones the tests run with, reached through a .pth file: no download, and no
+    # editable install of the checkout (the .pth files of those directories are not read).
     venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", "--system-site-packages", venv, cwd=tmp_path)
+    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
     python = venv / "bin" / "python"
-    run(python, "-m", "pip", "install", "-q", "--no-deps", wheel, cwd=tmp_path)
+    own = venv / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+    (own / "test_dependencies.pth").write_text("\n".join(installed_packages()))
     project = tmp_path / "project"
     project.mkdir()
     (project / "wheelapp.py").write_text(APP)
-    env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "PYTHONPATH": str(project)}
+    # Nor PYTHONPATH: the checkout on it, its egg-info passes for an installed package.
+    clean = {k: v for k, v in os.environ.items() if k not in LEAKS}
+    clean["PATH"] = f"{venv / 'bin'}:/usr/bin:/bin"
+    install = ("install", "-q", "--no-deps", "--ignore-installed", wheel)  # not the checkout's
+    run(python, "-m", "pip", *install, cwd=tmp_path, env=clean)
+    env = {**clean, "PYTHONPATH": str(project)}
     where = run(
         python,
         "-c",

@@ -1,7 +1,8 @@
 """``Reliable(app)``: the composition root that wires settings, store and inbox into an app.
 
-Nothing below this module reaches back up: tasks ask ``Reliable.of(app)`` for the inbox,
-the inbox talks to the store port, the store to the database.
+Nothing below this module reaches back up: :meth:`Reliable.check` hands each ReliableTask
+the delivery pipeline (built here with its collaborators) and the task's resolved options;
+the pipeline talks to the inbox, the inbox to the store port, the store to the database.
 """
 
 from __future__ import annotations

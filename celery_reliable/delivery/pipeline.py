@@ -111,18 +111,18 @@ class Pipeline:
         kwargs: dict[str, Any],
     ) -> Any:
         """Run ``task``'s body for the message of ``request`` at most once, or end otherwise."""
-        headers = request.headers or {}
         try:
-            message_id = message_id_from(request.id, headers)
+            message_id = message_id_from(request.id, request.headers or {})
         except InvalidMessageId as exc:
             ending = self._invalid_message_id(
                 Run(task, options, request, args, kwargs, _fallback_id(request.id)), exc
             )
         else:
-            return self._deliver(Run(task, options, request, args, kwargs, message_id))
+            return self._measured(Run(task, options, request, args, kwargs, message_id))
         raise ending
 
-    def _deliver(self, run: Run) -> Any:
+    def _measured(self, run: Run) -> Any:
+        """The delivery, with its start lag, outcome and duration recorded."""
         task = run.task
         headers = run.request.headers or {}
         started = time.monotonic()
@@ -146,6 +146,7 @@ class Pipeline:
         return self.outcomes.perform(run, decision, exc)
 
     def _run(self, run: Run) -> Any:
+        """Breaker → claim → what the claim allows → body → completion mark."""
         admission = self._admit(run)
         claim = run.claim = self._claim(run)
         if claim.outcome is Claimed.EXHAUSTED:

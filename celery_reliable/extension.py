@@ -1,7 +1,8 @@
 """``Reliable(app)``: the composition root that wires settings, store and inbox into an app.
 
-Nothing below this module reaches back up: tasks ask ``Reliable.of(app)`` for the inbox,
-the inbox talks to the store port, the store to the database.
+Nothing below this module reaches back up: :meth:`Reliable.check` hands each ReliableTask
+the delivery pipeline (built here with its collaborators) and the task's resolved options;
+the pipeline talks to the inbox, the inbox to the store port, the store to the database.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from . import schedule
 from .admin import Admin
 from .classify import Classifier
 from .dead_letters import DeadLetters
+from .delivery import Binding, Pipeline, TaskOptions, check_unique_keys, resolve_options
 from .exceptions import ConfigurationError
 from .health import Health
 from .inbox import Inbox
@@ -32,15 +34,15 @@ from .retry import RetryPolicies
 from .settings import Settings
 from .store import Database, SqlStore, build_tables, migrate
 from .store.outbox_rows import OutboxRows
-from .store.tables import KEY_LENGTH, Tables
+from .store.tables import Tables
+from .task import EXTENSION_ATTRIBUTE, ReliableTask
 from .undeliverable import DeadLetterUndeliverable
 
 if TYPE_CHECKING:
     from .breakers import Breakers
     from .locks import LockProvider
-    from .task import ReliableTask
 
-_ATTRIBUTE = "_celery_reliable"
+_ATTRIBUTE = EXTENSION_ATTRIBUTE
 #: Extensions by app name, for what travels without the app object (beat's shelve).
 _BY_NAME: weakref.WeakValueDictionary[str, Reliable] = weakref.WeakValueDictionary()
 logger = logging.getLogger(__name__)
@@ -231,19 +233,50 @@ class Reliable:
         """Apply the shipped migrations (same as ``celery -A app reliable db upgrade``)."""
         migrate.upgrade(self.database, self.tables)
 
-    def check(self) -> None:
-        """Validate settings and handler keys; raise ConfigurationError naming the problem.
+    @cached_property
+    def pipeline(self) -> Pipeline:
+        """Delivers the messages of this app's ReliableTasks (bound to each by :meth:`check`)."""
+        return Pipeline(
+            inbox=self.inbox,
+            store=self.store,
+            database=self.database,
+            outbox=self.outbox,
+            dead_letters=self.dead_letters,
+            breakers=self.breakers,
+            classifier=self.classifier,
+            poison_detectors=self.poison_detectors,
+            metrics=self.metrics,
+            settings=self.settings,
+        )
 
-        Also builds the inbox (objects only: engines connect lazily, per process), so that
-        pool threads never race to build two of them.
+    def check(self) -> None:
+        """Validate settings, handler keys and task options; raise ConfigurationError naming
+        the problem. Then bind every ReliableTask to the pipeline with its resolved options,
+        so that no delivery resolves or validates them again.
+
+        Also builds the pipeline and what it uses (objects only: engines connect lazily, per
+        process), so that pool threads never race to build two of them.
         """
         if self._checked:
             return
-        _ = self.inbox
-        _ = self.classifier
-        self._check_handler_keys()
-        self._check_task_options()
+        pipeline = self.pipeline
+        tasks = [task for task in list(self.app.tasks.values()) if isinstance(task, ReliableTask)]
+        options = [self._options_of(task) for task in tasks]
+        check_unique_keys(options)
+        for task, resolved in zip(tasks, options, strict=True):
+            task.use_reliable_binding(Binding(pipeline, resolved))
         self._checked = True
+
+    def bind(self, task: ReliableTask) -> Binding:
+        """Bind ``task`` on its first delivery when no worker start-up did (an eager run, or
+        a task registered after :meth:`check`)."""
+        self.check()
+        binding = Binding(self.pipeline, self._options_of(task))
+        task.use_reliable_binding(binding)
+        return binding
+
+    def _options_of(self, task: ReliableTask) -> TaskOptions:
+        return resolve_options(task, retry_policies=self.retry_policies, breakers=self.breakers)
 
     def check_schema(self) -> None:
         """Refuse a store whose schema is behind the package (a worker would defer everything).
@@ -274,50 +307,8 @@ class Reliable:
                 f"version needs {head}: run `celery -A {self.app.main} reliable db upgrade`"
             )
 
-    def _check_handler_keys(self) -> None:
-        from .task import ReliableTask
-
-        owners: dict[str, str] = {}
-        for task in list(self.app.tasks.values()):
-            if not isinstance(task, ReliableTask):
-                continue
-            for key in handler_keys_of(task):
-                other = owners.setdefault(key, task.name)
-                if other != task.name:
-                    raise ConfigurationError(
-                        f"handler key {key!r} is claimed by both {other!r} and {task.name!r}; "
-                        "give each task its own handler_key"
-                    )
-
-    def _check_task_options(self) -> None:
-        from .task import ReliableTask
-
-        for task in list(self.app.tasks.values()):
-            if isinstance(task, ReliableTask):
-                task.check_options()
-
     def __repr__(self) -> str:
         return f"<Reliable app={self.app.main!r}>"
-
-
-def handler_keys_of(task: ReliableTask) -> tuple[str, ...]:
-    """The task's handler key followed by its legacy keys, validated."""
-    key = task.handler_key if task.handler_key is not None else task.name
-    legacy = task.legacy_handler_keys
-    if isinstance(legacy, str) or not isinstance(legacy, (tuple, list)):
-        raise ConfigurationError(
-            f"task {task.name!r}: legacy_handler_keys must be a tuple of strings, got {legacy!r}"
-        )
-    keys = (key, *legacy)
-    for value in keys:
-        if not isinstance(value, str) or not value.strip() or len(value) > KEY_LENGTH:
-            raise ConfigurationError(
-                f"task {task.name!r}: handler key {value!r} must be a non-empty string of at "
-                f"most {KEY_LENGTH} characters"
-            )
-    if len(set(keys)) != len(keys):
-        raise ConfigurationError(f"task {task.name!r}: handler keys repeat: {keys!r}")
-    return keys
 
 
 class _RelayInWorker(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -376,7 +367,6 @@ def _release_interrupted(app: Celery) -> None:
     from celery.worker import state
 
     from .message import message_id_from
-    from .task import ReliableTask
 
     reliable = Reliable.of(app)
     for request in list(state.active_requests):
@@ -386,7 +376,8 @@ def _release_interrupted(app: Celery) -> None:
         message_id = message_id_from(request.id, request.request_dict)
         owner = f"{request.hostname}:{request.worker_pid}"
         try:
-            if reliable.store.release_interrupted(message_id, handler_keys_of(task)[0], owner):
+            key = task.reliable_binding().options.handler_key
+            if reliable.store.release_interrupted(message_id, key, owner):
                 logger.warning("message %s interrupted by shutdown: not counted", message_id)
         except Exception:  # the store may be what is going away; redelivery still works
             logger.warning("could not release %s at shutdown", message_id, exc_info=True)

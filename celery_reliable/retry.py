@@ -1,6 +1,6 @@
 """Retry policies: how many runs a failing message gets, and how long it waits between them.
 
-A policy only computes; the task pipeline (``celery_reliable.task``) decides when to use it
+A policy only computes; the delivery pipeline (``celery_reliable.delivery``) decides when to use it
 and where the wait happens (on the broker for short delays, in the store for long ones).
 ``max_retries`` counts retries, not runs: ``max_retries=2`` allows three runs in all, and
 the run number is the attempt count the inbox keeps in the store (so it survives Redis

@@ -1,6 +1,6 @@
 import pytest
 
-from celery_reliable.lifecycle import count_header
+from celery_reliable.delivery.outcomes import count_header
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,340 @@
+"""Performing a decision: each way a delivery ends, as an exception for the caller to raise.
+
+Every method returns the exception that ends the delivery (``Ignore``, Celery's ``Retry``,
+``Reject(requeue=True)`` when the message could not be handed on, or the body's own
+exception) and the pipeline raises it where the reader sees it: ``raise
+outcomes.deferred(run, ...)``. The order inside each is the guarantee: a copy is published
+(or a dead letter committed) before this delivery ends and is acknowledged, so at every
+moment the message exists somewhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from celery.exceptions import Ignore, Reject, Retry
+from sqlalchemy import Connection
+from sqlalchemy.exc import DBAPIError
+
+from celery_reliable.dead_letters import DeadLetterReason, FailedMessage
+from celery_reliable.exceptions import LostOwnership, ReliableError
+from celery_reliable.inbox import Inbox
+from celery_reliable.message import (
+    DEFERRALS_HEADER,
+    RESUMES_HEADER,
+    RESUMES_UNRUN_HEADER,
+    SENT_AT_HEADER,
+)
+from celery_reliable.outbox import Outbox
+from celery_reliable.settings import Settings
+from celery_reliable.states import DEAD_LETTERED, DUPLICATE, announce
+from celery_reliable.store.base import InboxStore
+from celery_reliable.store.database import Database
+
+from .decide import Action, Decision
+from .run import Outcome, Run
+
+logger = logging.getLogger(__name__)
+
+_MAX_DEFER_DELAY = 60.0
+
+
+class DeadLetterSink(Protocol):
+    """What the pipeline uses of ``reliable.dead_letters``."""
+
+    def add(
+        self,
+        message: FailedMessage,
+        reason: DeadLetterReason,
+        *,
+        exc: BaseException | None = None,
+        detail: str | None = None,
+        detector: str | None = None,
+        connection: Connection | None = None,
+    ) -> int: ...
+
+    def check_alert(self) -> bool: ...
+
+
+def count_header(value: object) -> int:
+    """A non-negative count from a header a sender could have set to anything."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+class Outcomes:
+    """Ends deliveries: publishes copies and retries, stores dead letters, announces states."""
+
+    def __init__(
+        self,
+        *,
+        inbox: Inbox,
+        store: InboxStore,
+        database: Database,
+        outbox: Outbox,
+        dead_letters: DeadLetterSink,
+        settings: Settings,
+    ) -> None:
+        self.inbox = inbox
+        self.store = store
+        self.database = database
+        self.outbox = outbox
+        self.dead_letters = dead_letters
+        self.settings = settings
+
+    def perform(self, run: Run, decision: Decision, exc: Exception | None = None) -> BaseException:
+        """The exception that ends ``run`` as ``decision`` says (``exc``: what the run raised)."""
+        if decision.record_failure:
+            assert exc is not None
+            self.record_failure(run, exc)
+        action = decision.action
+        if action is Action.DUPLICATE:
+            return self.duplicate(run)
+        if action is Action.DEFER:
+            return self.deferred(
+                run,
+                decision.resumes_version,
+                reason=decision.note,
+                delay=decision.delay,
+                unrun=decision.unrun,
+            )
+        if action is Action.RETRY:
+            assert decision.delay is not None
+            return self.retried(run, decision.delay, reason=decision.note, exc=exc)
+        if action is Action.DEAD_LETTER:
+            assert decision.reason is not None
+            return self.dead_lettered(
+                run, decision.reason, exc=exc, detail=decision.detail, detector=decision.detector
+            )
+        if action is Action.QUARANTINED:
+            return self.quarantined(run)
+        if action is Action.LOST:
+            return self.lost(run)
+        assert action in (Action.REQUEUE, Action.PASS), action  # RUN ends nothing
+        assert exc is not None
+        return exc  # raised as it is: Celery (or the broker) handles it
+
+    def record_failure(self, run: Run, exc: BaseException) -> None:
+        """Write the failure on the claim, so the next copy may claim at once."""
+        if run.claim is None:
+            return
+        try:
+            self.inbox.fail(run.claim, f"{type(exc).__name__}: {exc}")
+        except Exception:  # never mask the task's own exception
+            logger.warning("could not record the failure of %s", run.message_id, exc_info=True)
+
+    def retried(
+        self, run: Run, delay: float, *, reason: str, exc: BaseException | None = None
+    ) -> BaseException:
+        """Publish this message again after ``delay`` seconds, then end in state RETRY.
+
+        Short delays wait on the broker (Celery's countdown). Longer ones wait in the
+        store, from where the relay publishes them when due: a Redis queue would hand an
+        unacknowledged countdown message to another worker after its visibility timeout.
+        """
+        if run.eager:
+            return _retry(reason, exc, delay)
+        run.outcome = Outcome.RETRY
+        request = run.request
+        headers = {**(request.headers or {}), SENT_AT_HEADER: time.time() + delay}
+        signature = run.task.signature_from_request(
+            request, run.args, run.kwargs, retries=(request.retries or 0) + 1, headers=headers
+        )
+        try:
+            if delay <= self.settings.retry_max_broker_delay.total_seconds():
+                signature.apply_async(countdown=delay)
+            else:
+                with self.database.engine.begin() as conn:
+                    self.outbox.enqueue(conn, signature, countdown=delay)
+        except Exception as publish_error:
+            return _caused_by(
+                Reject(f"could not schedule the retry ({publish_error}); requeued", requeue=True),
+                publish_error,
+            )
+        logger.info("message %s retried in %.1fs: %s", run.message_id, delay, reason)
+        return _retry(reason, exc, delay)
+
+    def deferred(
+        self,
+        run: Run,
+        abandoned_version: int | None,
+        *,
+        reason: str,
+        delay: float | None = None,
+        unrun: bool = False,
+    ) -> BaseException:
+        """Publish this message again later (same id), then end this delivery.
+
+        For waits that are nobody's failure: a live delivery holds the claim, or the store
+        is unreachable. The copy is published before this delivery is acknowledged, so at
+        every moment one of them is on the broker. If publishing fails too, the delivery is
+        requeued.
+        """
+        run.outcome = Outcome.DEFERRED
+        request = run.request
+        if run.eager:  # no broker to come back through: say why instead of recursing
+            return ReliableError(f"message {request.id} cannot run now ({reason})")
+        headers = dict(request.headers or {})
+        deferrals = count_header(headers.get(DEFERRALS_HEADER)) + 1
+        headers[DEFERRALS_HEADER] = deferrals
+        if abandoned_version is not None:
+            headers[RESUMES_HEADER] = abandoned_version
+        if unrun:  # the abandoned claim never ran the body: resuming it is the same attempt
+            headers[RESUMES_UNRUN_HEADER] = True
+        else:
+            headers.pop(RESUMES_UNRUN_HEADER, None)
+        seconds = (
+            delay if delay is not None else min(_MAX_DEFER_DELAY, 0.5 * 2 ** min(deferrals, 8))
+        )
+        headers[SENT_AT_HEADER] = time.time() + seconds
+        # Waiting for a live delivery is routine; losing the store is not.
+        level = logging.INFO if delay is not None else logging.WARNING
+        logger.log(level, "message %s deferred %.1fs: %s", request.id, seconds, reason)
+        try:
+            run.task.signature_from_request(
+                request, countdown=seconds, headers=headers
+            ).apply_async()
+        except Exception as exc:
+            return _caused_by(Reject(f"could not defer ({exc}); requeued", requeue=True), exc)
+        return _ignored()
+
+    def dead_lettered(
+        self,
+        run: Run,
+        reason: DeadLetterReason,
+        *,
+        exc: BaseException | None = None,
+        detail: str | None = None,
+        detector: str | None = None,
+    ) -> BaseException:
+        """Store the message as a dead letter and quarantine it, in one transaction."""
+        request, claim = run.request, run.claim
+        message = FailedMessage(
+            message_id=run.message_id,
+            task_id=request.id,
+            task_name=run.task.name,
+            handler_key=claim.handler_key if claim else None,
+            args=list(run.args),
+            kwargs=dict(run.kwargs),
+            headers=dict(request.headers or {}),
+            delivery_info=_plain(request.delivery_info),
+            attempts=claim.attempts if claim else 0,
+            first_seen_at=self.store.first_seen_at(run.message_id) if claim else None,
+            hostname=request.hostname,
+        )
+        error = f"dead-lettered: {reason.value}: {detail or exc}"
+        try:
+            with self.database.engine.begin() as conn:
+                if claim is not None:
+                    self.inbox.quarantine(claim, error, connection=conn)
+                entry_id = self.dead_letters.add(
+                    message, reason, exc=exc, detail=detail, detector=detector, connection=conn
+                )
+        except LostOwnership:
+            logger.warning("message %s: another delivery took it over", run.message_id)
+            return _caused_by(_ignored(), None)
+        except DBAPIError as store_error:
+            return self.deferred(
+                run,
+                claim.version if claim else None,
+                reason=f"store unavailable while dead-lettering: {store_error}",
+            )
+        try:
+            self.dead_letters.check_alert()
+        except Exception:
+            logger.warning("dead-letter alert check failed", exc_info=True)
+        meta = {
+            "dead_letter_id": entry_id,
+            "reason": reason.value,
+            "detector": detector,
+            "exc_type": type(exc).__name__ if exc is not None else None,
+            "exc_message": str(exc) if exc is not None else detail,
+        }
+        run.outcome = Outcome.DEAD_LETTERED
+        _announce(run, DEAD_LETTERED, meta)
+        return _ignored()
+
+    def quarantined(self, run: Run) -> BaseException:
+        """Another copy of a message that was already dead-lettered: it stays dead."""
+        assert run.claim is not None
+        logger.warning(
+            "message %s (%s) is quarantined; this copy is not run",
+            run.message_id,
+            run.claim.handler_key,
+        )
+        run.outcome = Outcome.DEAD_LETTERED
+        _announce(run, DEAD_LETTERED, {"reason": "already dead-lettered", "dead_letter_id": None})
+        return _ignored()
+
+    def duplicate(self, run: Run) -> BaseException:
+        """Completed before: end in state DUPLICATE with the first run's result."""
+        claim = run.claim
+        assert claim is not None
+        run.outcome = Outcome.DUPLICATE
+        logger.info(
+            "message %s (%s) already processed: skipped", claim.message_id, claim.handler_key
+        )
+        _announce(
+            run,
+            DUPLICATE,
+            self.inbox.decode_result(claim.result),
+            message_id=claim.message_id,
+            handler_key=claim.handler_key,
+        )
+        return _ignored()
+
+    def lost(self, run: Run) -> BaseException:
+        """Another delivery took the claim over: its run finishes the message."""
+        logger.warning(
+            "message %s (%s): another delivery took it over",
+            run.message_id,
+            run.options.handler_key,
+        )
+        run.outcome = Outcome.LOST
+        return _caused_by(_ignored(), None)
+
+
+def _ignored() -> BaseException:
+    """Celery's Ignore: the task ends without a state or event of Celery's own."""
+    ignore: BaseException = Ignore()
+    return ignore
+
+
+def _retry(reason: str, exc: BaseException | None, delay: float) -> BaseException:
+    """Celery's Retry: the task ends in state RETRY (its copy is already on its way)."""
+    retry: BaseException = Retry(reason, exc=exc, when=delay)
+    return retry
+
+
+def _caused_by(exc: BaseException, cause: BaseException | None) -> BaseException:
+    """``exc`` as ``raise exc from cause`` would raise it (``None``: hide the context)."""
+    exc.__cause__ = cause
+    exc.__suppress_context__ = True
+    return exc
+
+
+def _announce(run: Run, state: str, meta: Any, **event_fields: Any) -> None:
+    """Set the custom state in the result backend and tell Flower (a task-<state> event).
+
+    The task then ends with Ignore, which sends no task-succeeded/failed event that would
+    override the state in Flower.
+    """
+    task, request = run.task, run.request
+    announce(
+        task.backend,
+        request.id,
+        state,
+        meta,
+        send_event=task.send_event,
+        store=not request.ignore_result,
+        request=request,
+        event_fields=event_fields,
+    )
+
+
+def _plain(delivery_info: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The JSON-safe part of Celery's delivery_info."""
+    info = dict(delivery_info or {})
+    return {k: v for k, v in info.items() if isinstance(v, (str, int, float, bool, type(None)))}

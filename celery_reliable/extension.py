@@ -31,9 +31,9 @@ from .relay import Relay, RelayHooks
 from .retry import RetryPolicies
 from .settings import Settings
 from .store import Database, SqlStore, build_tables, migrate
+from .store.dead_letter_rows import SqlDeadLetterRows
 from .store.outbox_rows import OutboxRows
 from .store.tables import KEY_LENGTH, Tables
-from .undeliverable import DeadLetterUndeliverable
 
 if TYPE_CHECKING:
     from .breakers import Breakers
@@ -164,7 +164,15 @@ class Reliable:
     @cached_property
     def dead_letters(self) -> DeadLetters:
         """``reliable.dead_letters``: query, replay and purge dead-lettered messages."""
-        return DeadLetters(self)
+        rows = SqlDeadLetterRows(self.database, self.tables, self.maintenance.delete_in_batches)
+        return DeadLetters(
+            self.app,
+            rows,
+            inbox_store=self.store,
+            outbox=self.outbox,
+            settings=self.settings,
+            dead_lettered=self.metrics.dead_letters,
+        )
 
     @cached_property
     def breakers(self) -> Breakers:

@@ -23,6 +23,7 @@ from .dead_letters import DeadLetters
 from .exceptions import ConfigurationError
 from .health import Health
 from .inbox import Inbox
+from .intake import DeadLetterIntake
 from .maintenance import LOCK_TTL, Maintenance
 from .metrics import Metrics
 from .outbox import Outbox
@@ -70,7 +71,7 @@ class Reliable:
         app.steps["worker"].add(_CheckAtStartup)
         app.steps["worker"].add(_RelayInWorker)
         app.steps["consumer"].add(_ReleaseOnColdShutdown)
-        app.steps["consumer"].add(DeadLetterUndeliverable)
+        app.steps["consumer"].add(DeadLetterIntake)
         schedule.install(self)
         task_received.connect(self._on_received, weak=False)
 

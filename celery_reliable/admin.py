@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select, update
 
 from .clock import utcnow
-from .dead_letters import require_count
+from .dead_letters.types import require_count
 from .exceptions import InvalidArgument
 from .store.base import Status
 from .store.outbox_rows import PENDING, POISONED

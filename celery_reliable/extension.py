@@ -25,6 +25,7 @@ from .delivery import Binding, Pipeline, TaskOptions, check_unique_keys, resolve
 from .exceptions import ConfigurationError
 from .health import Health
 from .inbox import Inbox
+from .intake import DeadLetterIntake
 from .maintenance import LOCK_TTL, Maintenance
 from .metrics import Metrics
 from .outbox import Outbox
@@ -33,10 +34,10 @@ from .relay import Relay, RelayHooks
 from .retry import RetryPolicies
 from .settings import Settings
 from .store import Database, SqlStore, build_tables, migrate
+from .store.dead_letter_rows import SqlDeadLetterRows
 from .store.outbox_rows import OutboxRows
 from .store.tables import Tables
 from .task import EXTENSION_ATTRIBUTE, ReliableTask
-from .undeliverable import DeadLetterUndeliverable
 
 if TYPE_CHECKING:
     from .breakers import Breakers
@@ -72,7 +73,7 @@ class Reliable:
         app.steps["worker"].add(_CheckAtStartup)
         app.steps["worker"].add(_RelayInWorker)
         app.steps["consumer"].add(_ReleaseOnColdShutdown)
-        app.steps["consumer"].add(DeadLetterUndeliverable)
+        app.steps["consumer"].add(DeadLetterIntake)
         schedule.install(self)
         task_received.connect(self._on_received, weak=False)
 
@@ -166,7 +167,15 @@ class Reliable:
     @cached_property
     def dead_letters(self) -> DeadLetters:
         """``reliable.dead_letters``: query, replay and purge dead-lettered messages."""
-        return DeadLetters(self)
+        rows = SqlDeadLetterRows(self.database, self.tables, self.maintenance.delete_in_batches)
+        return DeadLetters(
+            self.app,
+            rows,
+            inbox_store=self.store,
+            outbox=self.outbox,
+            settings=self.settings,
+            dead_lettered=self.metrics.dead_letters,
+        )
 
     @cached_property
     def breakers(self) -> Breakers:

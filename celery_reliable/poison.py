@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
 
-from .dead_letters import DeadLetterReason, reason_of
+from .dead_letters.types import DeadLetterReason, reason_of
 from .exceptions import ConfigurationError
 
 

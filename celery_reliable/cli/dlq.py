@@ -6,8 +6,7 @@ from datetime import datetime, timedelta
 
 import click
 
-from celery_reliable.dead_letters import DeadLetterReason, DeadLetters
-from celery_reliable.durations import ago
+from celery_reliable.dead_letters import DeadLetterFilter, DeadLetterReason, DeadLetters
 
 from .base import extension, reliable
 from .output import (
@@ -57,7 +56,8 @@ def list_(
     as_json: bool,
 ) -> None:
     """Entries, newest first."""
-    entries = _letters(ctx).list(reason, task_name, since, until, replayed, limit, offset)
+    matching = DeadLetterFilter(reason, task_name, since, until, replayed)
+    entries = _letters(ctx).list(matching=matching, limit=limit, offset=offset)
     if as_json:
         emit_json([e.as_dict() for e in entries])
         return
@@ -126,14 +126,14 @@ def replay(
     if not entry_ids and not (reason or task_name):
         raise click.UsageError("give entry IDs, or --reason/--task to replay a batch")
     if not entry_ids:
-        due = letters.replay_batch(reason, task_name, limit=limit, dry_run=True)
+        matching = DeadLetterFilter(reason, task_name)
+        due = letters.replay_batch(matching=matching, limit=limit, dry_run=True)
         if dry_run:
             click.echo(f"would replay {due} entries")
             return
         with progress_bar(due, "replaying") as bar:
             count = letters.replay_batch(
-                reason,
-                task_name,
+                matching=matching,
                 limit=limit,
                 rate_limit=rate,
                 stop_after_failures=stop_after_failures,
@@ -162,9 +162,9 @@ def replay(
 def purge(ctx: click.Context, older_than: timedelta, dry_run: bool) -> None:
     """Delete entries dead-lettered longer ago than --older-than."""
     letters = _letters(ctx)
-    if dry_run:
-        cutoff = ago(older_than)  # Age checked it is a datetime
-        click.echo(f"would purge {letters.count(until=cutoff)} entries")
+    if dry_run:  # what purge_older_than deletes
+        due = letters.count(matching=DeadLetterFilter.older_than(older_than))
+        click.echo(f"would purge {due} entries")
         return
     click.echo(f"purged {letters.purge_older_than(older_than)} entries")
 

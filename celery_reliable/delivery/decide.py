@@ -27,7 +27,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_reliable.classify import Classifier, Kind
-from celery_reliable.dead_letters import DeadLetterReason, reason_of
+from celery_reliable.dead_letters.types import DeadLetterReason, reason_of
 from celery_reliable.exceptions import LostOwnership, PermanentFailure, StoreUnavailable
 from celery_reliable.inbox import Claim, Outcome
 from celery_reliable.poison import Verdict

@@ -19,7 +19,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
-from celery_reliable.dead_letters import DeadLetterReason, FailedMessage
+from celery_reliable.dead_letters.types import DeadLetterReason, FailedMessage
 from celery_reliable.exceptions import LostOwnership, ReliableError
 from celery_reliable.inbox import Inbox
 from celery_reliable.message import (

@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from celery_reliable.classify import Classifier
 from celery_reliable.clock import utcnow
-from celery_reliable.dead_letters import DeadLetterReason
+from celery_reliable.dead_letters.types import DeadLetterReason
 from celery_reliable.exceptions import (
     ClaimUncertain,
     InvalidMessageId,

@@ -28,11 +28,12 @@ from tornado.ioloop import IOLoop
 
 from celery_reliable.dead_letters import (
     DeadLetter,
+    DeadLetterFilter,
     DeadLetterReason,
     DeadLetters,
     DeadLetterStatistics,
 )
-from celery_reliable.durations import ago, parse_duration, parse_moment
+from celery_reliable.durations import parse_duration, parse_moment
 from celery_reliable.exceptions import DeadLetterNotFound, InvalidArgument
 from celery_reliable.store.tables import MAX_ROW_ID
 
@@ -62,22 +63,8 @@ class Refused(tornado.web.HTTPError):
 class Filters:
     """The list filters, parsed, and as they were typed (to refill the form and build links)."""
 
-    reason: DeadLetterReason | None
-    task_name: str | None
-    since: datetime | None
-    until: datetime | None
-    replayed: bool | None
+    matching: DeadLetterFilter
     typed: dict[str, str]
-
-    def query(self) -> dict[str, Any]:
-        """Keyword arguments for ``DeadLetters.list`` and ``count``."""
-        return {
-            "reason": self.reason,
-            "task_name": self.task_name,
-            "since": self.since,
-            "until": self.until,
-            "replayed": self.replayed,
-        }
 
     def hidden_fields(self, *names: str) -> list[tuple[str, str]]:
         """The filters given, as (name, value) pairs for a form's hidden inputs."""
@@ -99,14 +86,10 @@ def parse_filters(read: Callable[[str, str], str]) -> Filters:
     since, until = moment(typed["since"], "since"), moment(typed["until"], "until")
     if since is not None and until is not None and since >= until:
         raise Refused(400, "since must be before until")
-    return Filters(
-        reason=reason,
-        task_name=typed["task"] or None,
-        since=since,
-        until=until,
-        replayed=REPLAYED[typed["replayed"]],
-        typed=typed,
+    matching = DeadLetterFilter(
+        reason, typed["task"] or None, since, until, REPLAYED[typed["replayed"]]
     )
+    return Filters(matching, typed)
 
 
 def text(read: Callable[[str, str], str], name: str) -> str:
@@ -268,10 +251,9 @@ class ListPage(Page):
     def _load(
         self, filters: Filters, limit: int, offset: int
     ) -> tuple[list[DeadLetter], int, DeadLetterStatistics]:
-        query = filters.query()
         return (
-            self.letters.list(**query, limit=limit, offset=offset),
-            self.letters.count(**query),
+            self.letters.list(matching=filters.matching, limit=limit, offset=offset),
+            self.letters.count(matching=filters.matching),
             self.letters.statistics(),
         )
 
@@ -333,14 +315,7 @@ class ReplayBatch(Page):
         filters = parse_filters(self.get_body_argument)
         raw_limit = text(self.get_body_argument, "limit")
         limit = whole(raw_limit, "limit", 1, MAX_ROW_ID) if raw_limit else None
-        batch = partial(
-            self.letters.replay_batch,
-            filters.reason,
-            filters.task_name,
-            filters.since,
-            filters.until,
-            limit=limit,
-        )
+        batch = partial(self.letters.replay_batch, matching=filters.matching, limit=limit)
         fields = filters.hidden_fields("reason", "task", "since", "until")
         back_url = self.list_url(**filters.typed)
         if self.get_body_argument("dry_run", ""):
@@ -386,11 +361,12 @@ class Purge(Page):
         older_than = text(self.get_body_argument, "older_than")
         try:
             cutoff_age = parse_duration(older_than)
-            cutoff = ago(cutoff_age)
         except ValueError as exc:
             raise Refused(400, f"older than: {exc}") from None
-        if self.get_body_argument("dry_run", ""):
-            due = await self.blocking(self.letters.count, until=cutoff)
+        if self.get_body_argument("dry_run", ""):  # what purge_older_than deletes
+            due = await self.blocking(
+                self.letters.count, matching=DeadLetterFilter.older_than(cutoff_age)
+            )
             self.page(
                 "reliable_result.html",
                 title="Purge (dry run)",

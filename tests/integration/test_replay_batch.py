@@ -95,13 +95,13 @@ def test_the_fast_path_writes_the_rows_build_row_writes(reliable, monkeypatch):
     ids = [dl.add(entry, "MaxRetriesExceeded", detail="x") for entry in entries(queue)]
     # The same task ids and clock for both paths, so that whole rows can be compared.
     monkeypatch.setattr("celery_reliable.outbox.utcnow", lambda: NOW)  # build_row's
-    monkeypatch.setattr("celery_reliable.dead_letters.utcnow", lambda: NOW)  # a chunk's
+    monkeypatch.setattr("celery_reliable.dead_letters.replay.utcnow", lambda: NOW)  # a chunk's
     slow_ids = (f"task-{n}" for n in itertools.count())
-    monkeypatch.setattr("celery_reliable.dead_letters.uuid", lambda: next(slow_ids))
+    monkeypatch.setattr("celery_reliable.dead_letters.replay.uuid", lambda: next(slow_ids))
     monkeypatch.setattr(
         "celery_reliable.wire.delivery_tags", lambda: (f"task-{n}" for n in itertools.count())
     )
-    expected = [dl._prepare(dl.get(entry_id), None)[0] for entry_id in ids]  # via build_row
+    expected = [dl._replay.prepare(dl.get(entry_id), None)[0] for entry_id in ids]  # build_row
 
     assert dl.replay_batch() == len(ids)
 
@@ -157,7 +157,7 @@ def _add(reliable: Reliable, n: int, task: str = "shop.charge") -> int:
 
 @pytest.mark.parametrize("chunk", [500, 2])
 def test_a_chunk_the_store_refuses_is_replayed_entry_by_entry(store, monkeypatch, chunk):
-    monkeypatch.setattr("celery_reliable.dead_letters.REPLAY_CHUNK", chunk)
+    monkeypatch.setattr("celery_reliable.dead_letters.replay.REPLAY_CHUNK", chunk)
     dl = store.dead_letters
     for n in range(7):
         _add(store, n, "shop.far" if n == 2 else "shop.charge")
@@ -175,7 +175,7 @@ def test_a_chunk_the_store_refuses_is_replayed_entry_by_entry(store, monkeypatch
 
 
 def test_limit_and_stop_after_failures_with_many_chunks(store, monkeypatch):
-    monkeypatch.setattr("celery_reliable.dead_letters.REPLAY_CHUNK", 3)
+    monkeypatch.setattr("celery_reliable.dead_letters.replay.REPLAY_CHUNK", 3)
     dl = store.dead_letters
     for n in range(10):
         _add(store, n, "shop.gone" if n in (4, 8) else "shop.charge")

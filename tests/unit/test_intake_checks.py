@@ -9,7 +9,7 @@ import pytest
 
 from celery_reliable.dead_letters import storable
 from celery_reliable.durations import ago, parse_moment
-from celery_reliable.undeliverable import raw_body, task_message_problem
+from celery_reliable.intake_messages import raw_body, task_message_problem
 
 GOOD = [["a"], {}, {"callbacks": None}]
 

@@ -12,11 +12,13 @@ message. If the store cannot be written the message is requeued instead, after a
 (:data:`REQUEUE_DELAY`), and waits on the broker until the store is back.
 
 Nothing is ever unpickled here: arguments are decoded only with the content types the
-worker accepts, minus pickle. Where Celery itself decoded them (an expired message, which
-it had accepted), they are taken from its request.
+worker accepts, minus pickle (``celery_reliable.intake_messages`` reads a raw message).
+Where Celery itself decoded them (an expired message, which it had accepted), they are
+taken from its request.
 
 Hooks, all in the worker's main process, installed by one consumer bootstep
-(:class:`DeadLetterUndeliverable`) when the consumer is built:
+(:class:`DeadLetterIntake`) when the consumer is built; it looks up the dead-letter store
+once, when it starts, before any message is handled:
 
 * the consumer instance's four handlers are replaced by wrappers. ``create_task_handler``
   binds ``on_unknown_message``/``on_unknown_task``/``on_invalid_task`` when the event loop
@@ -30,179 +32,43 @@ Hooks, all in the worker's main process, installed by one consumer bootstep
   The ``task_revoked`` signal would be too late: it is sent after the acknowledgement.
 * invalid messages: each registered task's strategy is wrapped to check the message first
   (:func:`task_message_problem`), and the handler ``create_task_handler`` returns is
-  wrapped too (:meth:`DeadLetterUndeliverable._guard`), so that what Celery would fail on
+  wrapped too (:meth:`DeadLetterIntake._guard`), so that what Celery would fail on
   reaches ``on_invalid_task`` instead of stopping the consumer.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import weakref
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from functools import cache, partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import bootsteps
 from celery.exceptions import InvalidTaskError
 from celery.signals import task_revoked
 from celery.utils.imports import symbol_by_name
-from celery.utils.time import maybe_iso8601
 from celery.worker.request import Request
 from celery.worker.state import revoked as revoked_tasks
 from celery.worker.state import task_ready
-from kombu.serialization import loads, prepare_accept_content
-from kombu.utils import json as kombu_json
 from sqlalchemy.exc import SQLAlchemyError
 
-from .dead_letters import DeadLetterReason, FailedMessage
-from .exceptions import InvalidMessageId
-from .message import MESSAGE_ID_HEADER, validate_message_id
+from .dead_letters import DeadLetterReason, DeadLetters, FailedMessage
+from .intake_messages import failed_message, header_text, task_message_problem
 from .states import DEAD_LETTERED, announce
-from .store.tables import KEY_LENGTH
-
-if TYPE_CHECKING:
-    from .extension import Reliable
 
 logger = logging.getLogger(__name__)
 
-_PICKLE = "application/x-python-serialize"
 #: Seconds a message whose dead letter could not be stored is held before it is requeued.
 #: Requeued at once it would come straight back, and spin while the store is down.
 REQUEUE_DELAY = 2.0
 #: The intake step of each app's consumer, for the requests of that app.
-_INTAKES: weakref.WeakKeyDictionary[Any, DeadLetterUndeliverable] = weakref.WeakKeyDictionary()
-_SCALARS = (str, int, float, bool, type(None))
+_INTAKES: weakref.WeakKeyDictionary[Any, DeadLetterIntake] = weakref.WeakKeyDictionary()
 
 
-def _text(value: object, length: int = KEY_LENGTH) -> str | None:
-    """A column value from a header a sender could have set to anything (or to too much)."""
-    if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-        return str(value).strip()[:length]
-    return None
-
-
-def _encodable(mapping: object) -> dict[str, Any]:
-    """The entries that survive JSON: one odd header must not cost all the others."""
-    kept: dict[str, Any] = {}
-    for key, value in dict(mapping or {}).items() if isinstance(mapping, Mapping) else ():
-        try:
-            kombu_json.dumps(value)  # type: ignore[no-untyped-call]
-        except (TypeError, ValueError):
-            continue
-        kept[str(key)] = value
-    return kept
-
-
-def _delivery_info(message: Any) -> dict[str, Any]:
-    """Where the message came from, in the keys Celery's requests use, plus its properties."""
-    info = message.delivery_info or {}
-    properties = message.properties or {}
-    return {
-        "exchange": info.get("exchange"),
-        "routing_key": info.get("routing_key"),
-        "redelivered": info.get("redelivered", False),
-        "priority": properties.get("priority", info.get("priority")),
-        "delivery_tag": _text(message.delivery_tag),
-        "properties": {k: v for k, v in properties.items() if isinstance(v, _SCALARS)},
-    }
-
-
-def _safe_payload(message: Any, accept_content: Any) -> Any:
-    """The decoded body when a content type the worker accepts (never pickle) allows it."""
-    safe = prepare_accept_content(accept_content) - {_PICKLE}  # type: ignore[no-untyped-call]
-    if message.content_type not in safe:
-        return None
-    try:
-        return loads(  # type: ignore[no-untyped-call]
-            message.body, message.content_type, message.content_encoding, accept=safe
-        )
-    except Exception:  # undecodable: the raw body is kept anyway
-        return None
-
-
-def _arguments(payload: Any) -> tuple[list[Any] | None, dict[str, Any] | None]:
-    """(args, kwargs) of a protocol 2 body ``[args, kwargs, embed]`` or a protocol 1 dict."""
-    if isinstance(payload, (list, tuple)) and len(payload) >= 2:
-        args, kwargs = payload[0], payload[1]
-    elif isinstance(payload, dict):
-        args, kwargs = payload.get("args"), payload.get("kwargs")
-    else:
-        return None, None
-    if isinstance(args, (list, tuple)) and isinstance(kwargs, dict):
-        return list(args), dict(kwargs)
-    return None, None
-
-
-def _message_id(headers: Mapping[str, Any], payload: Any, message: Any) -> str:
-    """The business key if valid, else the task id, else the broker's own message id or tag."""
-    try:
-        return validate_message_id(headers.get(MESSAGE_ID_HEADER), source="header")
-    except InvalidMessageId:
-        pass
-    for candidate in (
-        headers.get("id"),
-        payload.get("id") if isinstance(payload, dict) else None,
-        (message.properties or {}).get("message_id"),
-        message.delivery_tag,
-    ):
-        found = _text(candidate)
-        if found is not None:
-            return found
-    return "unknown"
-
-
-def raw_body(message: Any) -> bytes:
-    """The body as it was published, byte for byte.
-
-    py-amqp decodes a body with its ``content_encoding`` when it can (its channels'
-    ``auto_decode``): encoded back with the same codec it is the published bytes again;
-    with UTF-8 instead, a Latin-1 body would come out different.
-    """
-    body = message.body
-    if isinstance(body, bytes):
-        return body
-    text = str(body)
-    try:
-        return text.encode(message.content_encoding or "utf-8")
-    except (LookupError, UnicodeError, TypeError):
-        return text.encode("utf-8", "replace")
-
-
-def failed_message(
-    message: Any,
-    accept_content: Any,
-    hostname: str | None,
-    arguments: tuple[Any, Any] | None = None,
-) -> FailedMessage:
-    """What can be kept of a raw broker message: always the raw body and where it came from.
-
-    ``arguments`` are Celery's own decoding, when it did decode; otherwise the body is
-    decoded here, safely (a disallowed content type or a body that fails to decode leaves
-    the arguments None: the raw body is what is kept then).
-    """
-    headers = _encodable(message.headers)
-    payload = _safe_payload(message, accept_content) if arguments is None else None
-    args, kwargs = arguments if arguments is not None else _arguments(payload)
-    task = headers.get("task") or (payload.get("task") if isinstance(payload, dict) else None)
-    return FailedMessage(
-        message_id=_message_id(headers, payload, message),
-        task_id=_text(headers.get("id")),
-        task_name=_text(task),
-        args=args,
-        kwargs=kwargs,
-        headers=headers,
-        delivery_info=_delivery_info(message),
-        raw_body=raw_body(message),
-        content_type=_text(message.content_type, 128),
-        content_encoding=_text(message.content_encoding, 64),
-        hostname=_text(hostname),
-    )
-
-
-def store(
-    reliable: Reliable,
+def record(
+    letters: DeadLetters,
     build: Callable[[], FailedMessage],
     reason: DeadLetterReason,
     *,
@@ -219,9 +85,7 @@ def store(
     """
     entry = build()
     try:
-        entry_id = reliable.dead_letters.add(
-            entry, reason, exc=exc, detail=detail, detector=detector
-        )
+        entry_id = letters.add(entry, reason, exc=exc, detail=detail, detector=detector)
     except SQLAlchemyError as error:
         # Not str(error): SQLAlchemy's includes the statement's parameters, the arguments.
         cause = str(getattr(error, "orig", None) or type(error).__name__).strip()
@@ -236,76 +100,10 @@ def store(
         )
         return None
     try:
-        reliable.dead_letters.check_alert()
+        letters.check_alert()
     except Exception:
         logger.warning("dead-letter alert check failed", exc_info=True)
     return entry_id
-
-
-def _time_limit(value: object) -> bool:
-    """A time limit Celery's pool can use: none, or a finite number of seconds >= 0."""
-    if value is None:
-        return True
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return math.isfinite(value) and value >= 0
-
-
-def _moment(value: object) -> bool:
-    """An ``eta`` Celery can schedule: parses, and converts to a system-time timestamp."""
-    try:
-        parsed = maybe_iso8601(value)
-        if parsed is not None:
-            aware = parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-            aware.astimezone().timestamp()
-    except (TypeError, ValueError, AttributeError, OverflowError):
-        return False
-    return True
-
-
-def task_message_problem(message: Any, body: Any) -> str | None:
-    """What makes a message of a registered task unusable for Celery, or None.
-
-    Celery's strategy and request read these fields without checking them. A missing or
-    non-string ``id``, a body that is not ``[args, kwargs, embed]``, a body that is no
-    container at all (no content type: raw bytes) raise in the consumer, which takes the
-    exception for a lost connection: the message is restored and comes back for ever, the
-    queue blocked behind it, or the worker exits. Arguments that are not a list, keyword
-    arguments or ``embed`` that are not a mapping, a time limit that is not a number fail
-    later, in the pool, as a plain task failure that nothing keeps; an ``eta`` that cannot
-    be converted to a timestamp is rejected and dropped. ``body`` is the protocol 1 body
-    Celery decoded, or None for protocol 2; decoding errors propagate (Celery reports them).
-    """
-    payload = message.payload if body is None else body
-    headers = message.headers if isinstance(message.headers, Mapping) else {}
-    if isinstance(payload, Mapping) and (body is not None or "args" in payload):
-        # protocol 1 (its fields are in the body), or a "hybrid" protocol 2 body (they are
-        # in the body and the headers, the headers win)
-        fields: Mapping[str, Any] = payload if body is not None else {**payload, **headers}
-        args, kwargs, embed = payload.get("args", ()), payload.get("kwargs", {}), None
-    elif isinstance(payload, (list, tuple)) and len(payload) == 3:
-        fields = headers
-        args, kwargs, embed = payload
-    else:
-        return f"the body is not [args, kwargs, embed] but {type(payload).__name__}"
-    task_id = fields.get("id")
-    if not isinstance(task_id, str) or not task_id:
-        return f"the task id must be a non-empty string, not {task_id!r:.100}"
-    if not isinstance(args, (list, tuple)):
-        return f"the arguments must be a list, not {type(args).__name__}"
-    for name, value, optional in (("keyword arguments", kwargs, False), ("embed", embed, True)):
-        if not (value is None and optional) and not (
-            isinstance(value, Mapping) and all(isinstance(key, str) for key in value)
-        ):
-            return f"the {name} must be a mapping with string keys, not {value!r:.100}"
-    limits = fields.get("timelimit")  # Celery ignores an empty one
-    if limits and not (
-        isinstance(limits, (list, tuple)) and len(limits) == 2 and all(map(_time_limit, limits))
-    ):
-        return f"timelimit must be two numbers of seconds, not {limits!r:.100}"
-    if not _moment(fields.get("eta")):
-        return f"eta is not a time Celery can schedule: {fields.get('eta')!r:.100}"
-    return None
 
 
 def _checked(strategy: Callable[..., Any], message: Any, body: Any, *args: Any) -> Any:
@@ -321,16 +119,16 @@ def _meta(entry_id: int, reason: DeadLetterReason, detector: str) -> dict[str, A
     return {"dead_letter_id": entry_id, "reason": reason.value, "detector": detector}
 
 
-class DeadLetterUndeliverable(bootsteps.StartStopStep):  # type: ignore[misc]
+class DeadLetterIntake(bootsteps.StartStopStep):  # type: ignore[misc]
     """A consumer step that stores a message as a dead letter before Celery drops it."""
 
-    label = "celery_reliable dead letters for undeliverable messages"
+    label = "celery_reliable dead-letter intake"
 
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
-        from .extension import Reliable
-
+        """Wrap the consumer's handlers now: the Tasks step binds them when it starts."""
         self.consumer = consumer
-        self.reliable = Reliable.of(consumer.app)
+        self._letters: DeadLetters | None = None  # set by start(), before any message
+        self.accept_content: Any = None
         _INTAKES[consumer.app] = self
         for name, reason in (
             ("on_unknown_message", DeadLetterReason.HANDLER_NOT_FOUND),
@@ -366,6 +164,20 @@ class DeadLetterUndeliverable(bootsteps.StartStopStep):  # type: ignore[misc]
 
         consumer.create_task_handler = guarded_task_handler
         super().__init__(consumer, **kwargs)
+
+    def start(self, consumer: Any) -> None:
+        """Take the dead-letter store and what raw messages are read with, once."""
+        from .extension import Reliable  # the bootstep is where the extension is reached
+
+        self._letters = Reliable.of(consumer.app).dead_letters
+        self.accept_content = consumer.app.conf.accept_content
+
+    @property
+    def letters(self) -> DeadLetters:
+        """The dead-letter store, as :meth:`start` took it."""
+        if self._letters is None:
+            raise RuntimeError("the dead-letter intake handled a message before it started")
+        return self._letters
 
     def _guard(self, handle: Callable[[Any], Any], message: Any) -> Any:
         """Celery's task handler, with what it cannot handle dead-lettered instead of raised.
@@ -405,13 +217,11 @@ class DeadLetterUndeliverable(bootsteps.StartStopStep):  # type: ignore[misc]
         if getattr(message, "channel", None) is not getattr(task_consumer, "channel", None):
             return original(*args)  # the remote-control consumer's, not a task message
         exc = args[-1] if isinstance(args[-1], BaseException) else None
-        build = partial(
-            failed_message, message, consumer.app.conf.accept_content, consumer.hostname
-        )
+        build = partial(failed_message, message, self.accept_content, consumer.hostname)
         detail = None if exc else "not a Celery task message: it names no task"
         try:
-            entry_id = store(
-                self.reliable, build, reason, exc=exc, detector=detector, detail=detail
+            entry_id = record(
+                self.letters, build, reason, exc=exc, detector=detector, detail=detail
             )
         except Exception:
             logger.exception("could not dead-letter a message; Celery's %s drops it", detector)
@@ -429,7 +239,7 @@ class DeadLetterUndeliverable(bootsteps.StartStopStep):  # type: ignore[misc]
                 message.reject_log_error(logger, consumer.connection_errors)
             return None
         headers = message.headers if isinstance(message.headers, dict) else {}
-        task_id = _text(headers.get("id"))
+        task_id = header_text(headers.get("id"))
         if task_id is not None:  # after Celery's handler, which may store FAILURE
             dispatcher = consumer.event_dispatcher
             announce(
@@ -469,7 +279,7 @@ def _expired(expires: datetime | None) -> bool:
 class ExpiryDeadLetters(Request):  # type: ignore[misc]
     """A request that stores itself as ``MessageExpired`` before Celery revokes it unrun.
 
-    Mixed into each task's request class by :class:`DeadLetterUndeliverable`, in front
+    Mixed into each task's request class by :class:`DeadLetterIntake`, in front
     of a custom ``Task.Request`` if the task has one.
     """
 
@@ -479,20 +289,18 @@ class ExpiryDeadLetters(Request):  # type: ignore[misc]
     def revoked(self) -> bool:
         if self._already_revoked or not _expired(self.expires):  # type: ignore[has-type]
             return bool(super().revoked())
-        from .extension import Reliable
-
-        reliable = Reliable.of(self.app)
+        intake = _INTAKES[self.app]
         reason = DeadLetterReason.MESSAGE_EXPIRED
         build = partial(
             failed_message,
             self.message,
-            self.app.conf.accept_content,
+            intake.accept_content,
             self.hostname,
             arguments=(self.args, self.kwargs),
         )
         try:
-            entry_id = store(
-                reliable,
+            entry_id = record(
+                intake.letters,
                 build,
                 reason,
                 exc=None,
@@ -506,7 +314,7 @@ class ExpiryDeadLetters(Request):  # type: ignore[misc]
             task_ready(self)
             self._already_revoked = True  # type: ignore[misc]
             self.acknowledged = True  # type: ignore[misc]
-            _INTAKES[self.app].requeue_later(self.message)
+            intake.requeue_later(self.message)
             return True
         # Celery's own revocation (Request._announce_revoked), but the backend gets
         # DEAD_LETTERED instead of REVOKED: stored first, a REVOKED would be a ready state

@@ -20,6 +20,7 @@ from celery_reliable.extension import Reliable
 from .events import reliable_events
 from .handlers import urls
 from .loader import loader
+from .messages import MessageGroups
 
 __all__ = ["create_app", "exposure_problem"]
 
@@ -56,7 +57,8 @@ def create_app(capp: Celery, reliable: Reliable, options: Any, settings: Mapping
         io_loop=io_loop,
         **{**settings, "template_loader": loader(settings["template_path"])},
     )
-    specs = [url(*spec) for spec in urls(reliable.dead_letters)]
+    groups = MessageGroups(reliable.database.engine, reliable.tables.dead_letter)
+    specs = [url(*spec) for spec in urls(reliable.dead_letters, groups)]
     if options.url_prefix:
         specs = [rewrite_handler(spec, options.url_prefix) for spec in specs]
     app.add_handlers(r".*", specs)

@@ -37,6 +37,8 @@ from celery_reliable.durations import parse_duration, parse_moment
 from celery_reliable.exceptions import DeadLetterNotFound, InvalidArgument
 from celery_reliable.store.tables import MAX_ROW_ID
 
+from .messages import MessageGroups
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -158,8 +160,9 @@ TEMPLATE_HELPERS = {"when": when, "age": age, "pretty": pretty}
 class Page(BaseHandler):  # type: ignore[misc]  # Flower is untyped
     """Flower's handler with the dead-letter store and the stricter request rules above."""
 
-    def initialize(self, letters: DeadLetters) -> None:
+    def initialize(self, letters: DeadLetters, groups: MessageGroups) -> None:
         self.letters = letters
+        self.groups = groups
 
     def set_default_headers(self) -> None:
         # Not Flower's: with FLOWER_UNAUTHENTICATED_API it opens pages to every origin (CORS),
@@ -230,6 +233,8 @@ class ListPage(Page):
         limit = whole(self.get_query_argument("limit", str(DEFAULT_LIMIT)), "limit", 1, MAX_LIMIT)
         offset = whole(self.get_query_argument("offset", "0"), "offset", 0, MAX_ROW_ID)
         entries, total, statistics = await self.blocking(self._load, filters, limit, offset)
+        rows = await self.blocking(self.groups.rows, entries)
+        messages = await self.blocking(self.groups.count)
 
         def page_at(start: int) -> str:
             return self.list_url(**filters.typed, limit=limit, offset=start)
@@ -239,6 +244,8 @@ class ListPage(Page):
             filters=filters,
             reasons=[r.value for r in DeadLetterReason],
             entries=entries,
+            rows=rows,
+            messages=messages,
             total=total,
             offset=offset,
             limit=limit,
@@ -265,7 +272,8 @@ class EntryPage(Page):
     async def get(self, raw_id: str) -> None:
         letter = await self.found(entry_id(raw_id))
         task_url = self.reverse_url("task", letter.task_id) if letter.task_id else None
-        self.page("reliable_dead_letter.html", entry=letter, task_url=task_url)
+        history = await self.blocking(self.groups.history, letter.message_id)
+        self.page("reliable_dead_letter.html", entry=letter, task_url=task_url, history=history)
 
 
 class ReplaySelection(Page):
@@ -398,12 +406,15 @@ class Purge(Page):
 
 
 class Delete(Page):
-    """POST: delete one entry."""
+    """POST: with ``dry_run`` ask for confirmation (as purge does), then delete one entry."""
 
     @tornado.web.authenticated
     async def post(self, raw_id: str) -> None:
         self.writable()
         entry = entry_id(raw_id)
+        if self.get_body_argument("dry_run", ""):
+            self.confirm_delete(await self.found(entry))
+            return
         if not await self.blocking(self.letters.delete, entry):
             raise Refused(404, f"no dead-letter entry {entry}")
         self.page(
@@ -416,6 +427,26 @@ class Delete(Page):
             back_url=self.list_url(),
         )
 
+    def confirm_delete(self, letter: DeadLetter) -> None:
+        """What the entry is, and a button that deletes it: a deleted entry cannot be replayed."""
+        self.page(
+            "reliable_result.html",
+            title="Delete (confirm)",
+            lines=[
+                f"delete entry {letter.id}: {letter.reason.value}, task {letter.task_name or '-'}, "
+                f"message {letter.message_id}?",
+                "A deleted entry cannot be replayed.",
+            ],
+            outcomes=[],
+            entry_url=self.entry_url,
+            confirm={
+                "action": self.reverse_url("reliable-delete", letter.id),
+                "fields": [],
+                "label": f"Delete entry {letter.id}",
+            },
+            back_url=self.entry_url(letter.id),
+        )
+
 
 def describe(fields: list[tuple[str, str]]) -> str:
     """Which entries a batch covers (it only ever replays entries not replayed yet)."""
@@ -423,9 +454,11 @@ def describe(fields: list[tuple[str, str]]) -> str:
     return f"entries not replayed yet, matching {matching}"
 
 
-def urls(letters: DeadLetters) -> list[tuple[str, type[Page], dict[str, Any], str]]:
+def urls(
+    letters: DeadLetters, groups: MessageGroups
+) -> list[tuple[str, type[Page], dict[str, Any], str]]:
     """(pattern, handler, kwargs, name) for each page; the actions come before ``/<id>``."""
-    kwargs = {"letters": letters}
+    kwargs = {"letters": letters, "groups": groups}
     return [
         (r"/dead-letters", ListPage, kwargs, "reliable-dead-letters"),
         (r"/dead-letters/replay", ReplaySelection, kwargs, "reliable-replay"),

@@ -1,16 +1,22 @@
-"""Templates: ours over Flower's, and Flower's navbar with a "Dead letters" entry.
+"""Templates: ours over Flower's, and three of Flower's with a few lines added.
 
 Flower renders its navbar on every page with ``{% module Template("navbar.html") %}`` from a
 single template directory. Tornado lets an application bring its own template loader (the
 ``template_loader`` setting), so ours serves our pages from this package, everything else
-from Flower's directory, and adds one ``{% include %}`` to the navbar's list of pages as it
-is loaded: Flower's files on disk are never changed, and plain ``celery flower`` is
-untouched. Our pages extend Flower's ``base.html``, so they look like the rest of Flower.
+from Flower's directory, and adds to three of Flower's templates as they are loaded: a
+"Dead letters" entry in the navbar; on the tasks page, ``DEAD_LETTERED`` shown as a failure
+(a danger badge, and in the "Failed" filter); on a task's page, the dead letter's reason and
+a link to its entry instead of an empty result. Flower's files on disk are never changed,
+and plain ``celery flower`` is untouched. Our pages extend Flower's ``base.html``, so they
+look like the rest of Flower. If a Flower release changes the markup an addition looks for,
+that template is served as it is and a warning is logged: nothing breaks.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 from tornado.template import BaseLoader, Template
@@ -22,6 +28,13 @@ HERE = Path(__file__).resolve().parent / "templates"
 #: The opening tag of the navbar's list of pages (Workers, Tasks, Broker) in Flower 2.x.
 NAV_LIST = '<ul class="app-nav navbar-nav">'
 NAV_ITEM = '{% include "reliable_nav_item.html" %}'
+#: Our script for the tasks page, after Flower's own scripts.
+TASKS_SCRIPT = '{% block extra_scripts %}{% include "reliable_tasks_script.html" %}{% end %}'
+#: The task page's "Result" row, and its fallback grey badge for states it does not know.
+RESULT_ROW = re.compile(r"<div[^>]*>\s*<dt>Result</dt>.*?</div>", re.DOTALL)
+GREY_BADGE = re.compile(
+    r'{% else %}(\s*)<span class="badge text-bg-secondary">{{ task.state }}</span>'
+)
 
 
 class OverlayLoader(BaseLoader):
@@ -43,8 +56,9 @@ class OverlayLoader(BaseLoader):
             path = directory / name
             if path.is_file():
                 source = path.read_text(encoding="utf-8")
-                if name == "navbar.html":
-                    source = add_nav_item(source)
+                patch = PATCHES.get(name) if directory != HERE else None
+                if patch is not None:
+                    source = patch(source)
                 return Template(source, name=name, loader=self)
         raise FileNotFoundError(f"no template {name!r} in {', '.join(map(str, self.directories))}")
 
@@ -61,6 +75,42 @@ def add_nav_item(navbar: str) -> str:
         logger.warning("Flower's navbar.html has no %r: no 'Dead letters' link in it", NAV_LIST)
         return navbar
     return f"{navbar[:end]}{NAV_ITEM}\n      {navbar[end:]}"
+
+
+def add_tasks_script(tasks: str) -> str:
+    """Flower's tasks page with our script (``DEAD_LETTERED`` as a failure) at its end."""
+    if "{% block extra_scripts %}" in tasks:
+        logger.warning("Flower's tasks.html has its own scripts: DEAD_LETTERED shown as it is")
+        return tasks
+    return f"{tasks}\n{TASKS_SCRIPT}\n"
+
+
+def add_dead_letter_rows(task: str) -> str:
+    """Flower's task page with, for a dead-lettered task, a danger badge and our rows
+    (reason, link to the entry) in place of the result, which a dead letter does not have."""
+    result = RESULT_ROW.search(task)
+    badge = GREY_BADGE.search(task)
+    if result is None or badge is None:
+        logger.warning("Flower's task.html changed: no dead-letter details on task pages")
+        return task
+    rows = (
+        '{% if task.state == "DEAD_LETTERED" %}{% include "reliable_task_dead_letter.html" %}'
+        f"{{% else %}}{result.group(0)}{{% end %}}"
+    )
+    danger = (
+        '{% elif task.state == "DEAD_LETTERED" %}'
+        f'{badge.group(1)}<span class="badge text-bg-danger">{{{{ task.state }}}}</span>'
+    )
+    task = task[: result.start()] + rows + task[result.end() :]
+    return task.replace(badge.group(0), danger + badge.group(0), 1)
+
+
+#: What is added to which of Flower's templates.
+PATCHES: dict[str, Callable[[str], str]] = {
+    "navbar.html": add_nav_item,
+    "tasks.html": add_tasks_script,
+    "task.html": add_dead_letter_rows,
+}
 
 
 def loader(flower_templates: str) -> OverlayLoader:

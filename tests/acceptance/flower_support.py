@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import http.cookiejar
+import os
 import re
 import urllib.error
 import urllib.parse
@@ -103,3 +104,33 @@ class Client:
         match = re.search(r'name="_xsrf" value="([^"]+)"', page)
         assert match, page
         return match.group(1)
+
+
+def navigate(browser: Any, element: Any) -> None:
+    """Click ``element`` and wait until the page it leads to has loaded.
+
+    The old page is stamped first and the new one must lack the stamp: polling an old
+    element for staleness races the navigation (Chromium can answer a query on a document
+    being torn down with an inspector error, so errors while the page changes are retried).
+    """
+    from selenium.common.exceptions import WebDriverException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    stamp = f"page-{id(element)}"
+    browser.execute_script("document.documentElement.dataset.stamp = arguments[0]", stamp)
+    element.click()
+    loaded = (
+        "return document.readyState === 'complete'"
+        " && document.documentElement.dataset.stamp !== arguments[0]"
+    )
+    WebDriverWait(browser, 15, ignored_exceptions=(WebDriverException,)).until(
+        lambda driver: driver.execute_script(loaded, stamp)
+    )
+
+
+def screenshot(browser: Any, name: str) -> None:
+    """Save the page as ``$RELIABLE_SCREENSHOTS/<name>.png`` when that folder is set (review)."""
+    folder = os.environ.get("RELIABLE_SCREENSHOTS")
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(Path(folder) / f"{name}.png"))

@@ -31,3 +31,10 @@ def test_the_documentation_site_builds_strictly(tmp_path):
         env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_index_links_every_page():
+    index = (ROOT / "docs" / "index.md").read_text()
+    pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"index.md"}
+    missing = sorted(page for page in pages if f"]({page}" not in index)
+    assert not missing, f"docs/index.md does not link {missing}"

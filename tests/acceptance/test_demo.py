@@ -10,7 +10,6 @@ from sqlalchemy import create_engine, make_url, text
 
 from tests.support import ROOT, require, unique
 
-
 #: Run the demo as ``python -m workers.demo`` does, where the packages of the extras (the
 #: README's demo command installs none) cannot be imported.
 BASE_INSTALL_ONLY = """

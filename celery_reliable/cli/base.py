@@ -19,6 +19,13 @@ from celery_reliable.extension import Reliable
 from celery_reliable.store import migrate
 
 
+class Misconfigured(click.ClickException):
+    """The app's ``reliable_*`` settings or tasks are wrong: one line, exit 2, no usage text
+    (the command was typed right)."""
+
+    exit_code = 2
+
+
 class Unavailable(click.ClickException):
     """A store or service the command needs cannot be reached, or the store has no schema."""
 
@@ -88,5 +95,5 @@ def extension(ctx: click.Context) -> Reliable:
         ext = Reliable.of(app)
         ext.check()
     except ConfigurationError as exc:
-        raise click.UsageError(str(exc)) from exc
+        raise Misconfigured(str(exc)) from exc
     return ext

@@ -28,12 +28,11 @@ def breakers(env, *args):
 def test_list_reset_and_a_bad_name(env):
     listed = breakers(env, "--json")
     assert listed.returncode == 0, listed.stderr
-    assert json.loads(listed.stdout) == {"payment-service": "closed"}
+    # Without reliable_redis_url the state is each worker's own: not visible from here.
+    assert json.loads(listed.stdout) == {"payment-service": "unknown (per process)"}
     reset = breakers(env, "--reset", "payment-service")
-    assert (reset.returncode, reset.stdout.strip()) == (
-        0,
-        "circuit breaker payment-service reset: closed",
-    )
+    assert (reset.returncode, reset.stdout.strip()) == (1, "")
+    assert "circuit breaker payment-service not reset" in reset.stderr
     bad = breakers(env, "--reset", "nope")
     assert bad.returncode == 2
     assert "no circuit breaker named 'nope'" in bad.stderr

@@ -132,12 +132,13 @@ class Admin:
             )
         return {status.value: int(counts.get(status.value, 0)) for status in Status}
 
-    def inbox_poisoned(self, *, limit: int = 50) -> list[dict[str, Any]]:
+    def inbox_marks(self, status: Status, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The (message id, handler key) marks in ``status``, by message id."""
         require_count(limit, "limit")
         t = self.reliable.tables.inbox_status
         query = (
-            select(t.c.message_id, t.c.handler_key, t.c.attempts, t.c.last_error)
-            .where(t.c.status == Status.POISONED.value)
+            select(t.c.message_id, t.c.handler_key, t.c.status, t.c.attempts, t.c.last_error)
+            .where(t.c.status == Status(status).value)
             .order_by(t.c.message_id, t.c.handler_key)
             .limit(limit)
         )

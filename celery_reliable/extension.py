@@ -13,6 +13,7 @@ import weakref
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+import click
 from celery import Celery, bootsteps
 from celery.signals import task_received
 from sqlalchemy.exc import DBAPIError
@@ -47,6 +48,14 @@ _ATTRIBUTE = EXTENSION_ATTRIBUTE
 #: Extensions by app name, for what travels without the app object (beat's shelve).
 _BY_NAME: weakref.WeakValueDictionary[str, Reliable] = weakref.WeakValueDictionary()
 logger = logging.getLogger(__name__)
+
+
+def app_argument(app: Celery) -> str:
+    """The ``-A`` value for a hint: the one this ``celery`` command was given (such as
+    ``workers.shop``), which need not be the app's name (``shop``); else the app's name."""
+    ctx = click.get_current_context(silent=True)
+    typed = ctx.find_root().params.get("app") if ctx is not None else None
+    return typed if isinstance(typed, str) and typed else app.main or "yourapp"
 
 
 class Reliable:
@@ -311,9 +320,10 @@ class Reliable:
             )
         elif current != head:
             url = self.database.url.render_as_string(hide_password=True)
+            upgrade = f"celery -A {app_argument(self.app)} reliable db upgrade"
             raise ConfigurationError(
                 f"the reliable store {url} is at schema revision {current or 'none'}, this "
-                f"version needs {head}: run `celery -A {self.app.main} reliable db upgrade`"
+                f"version needs {head}: run `{upgrade}`"
             )
 
     def __repr__(self) -> str:

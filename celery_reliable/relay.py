@@ -95,19 +95,30 @@ class Relay:
     def _batch(self) -> tuple[int, int]:
         """One batch: (rows claimed, rows confirmed sent)."""
         started = time.monotonic()
-        claimed, sent = self._publish_claimed()
+        claimed, sent, waited = self._publish_claimed()
         if claimed:
-            self.hooks.batch(claimed, sent, time.monotonic() - started)
+            seconds = time.monotonic() - started
+            self.hooks.batch(claimed, sent, seconds)
+            logger.info(
+                "relay batch: %d of %d published in %.3f s (%.0f/s), the oldest waited %.1f s",
+                sent,
+                claimed,
+                seconds,
+                sent / seconds if seconds > 0 else 0.0,
+                waited.total_seconds(),
+            )
         return claimed, sent
 
-    def _publish_claimed(self) -> tuple[int, int]:
+    def _publish_claimed(self) -> tuple[int, int, timedelta]:
+        """One batch: (rows claimed, rows confirmed sent, how long the oldest had been due)."""
         now = utcnow()
         token = uuid.uuid4().hex
         claimed = self.rows.claim(
             self.settings.relay_batch_size, now, token, now - self.settings.stuck_threshold
         )
         if not claimed:
-            return 0, 0
+            return 0, 0, timedelta(0)
+        waited = now - min(row.available_at for row in claimed)
         sent: list[int] = []
         try:
             self._publish_batch(claimed, token, sent)
@@ -116,7 +127,7 @@ class Relay:
             # unconfirmed, so they go back and are published again (the inbox dedups).
             self._drop_broker()
             self.rows.release([r.id for r in claimed], token)
-            return len(claimed), 0
+            return len(claimed), 0, waited
         except Exception as exc:
             # The broker went away mid-batch: keep what it confirmed, hand the rest back.
             logger.warning("relay lost the broker after %d of %d: %s", len(sent), len(claimed), exc)
@@ -130,7 +141,7 @@ class Relay:
             logger.warning(
                 "relay batch %s lost %d rows to another relay", token, len(sent) - marked
             )
-        return len(claimed), marked
+        return len(claimed), marked, waited
 
     def _publish_batch(self, claimed: Sequence[Claimed], token: str, sent: list[int]) -> None:
         """Publish the rows in order and learn once, for the batch, what the broker has.

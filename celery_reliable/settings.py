@@ -8,6 +8,7 @@ generated from it, so the docs cannot drift from the code.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -327,9 +328,7 @@ class Settings:
         known = {PREFIX + f.name: f for f in fields(cls)}
         unknown = sorted(k for k in conf if k.startswith(PREFIX) and k not in known)
         if unknown:
-            raise ConfigurationError(
-                f"unknown setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}"
-            )
+            raise ConfigurationError(_unknown_setting(unknown[0], sorted(known)))
         values: dict[str, Any] = {}
         for key, f in known.items():
             raw = conf.get(key, f.default)
@@ -338,6 +337,14 @@ class Settings:
             except ValueError as exc:
                 raise ConfigurationError(f"setting {key!r}: {exc} (got {raw!r})") from exc
         return cls(**values)
+
+
+def _unknown_setting(key: str, known: list[str]) -> str:
+    """Name the likely intended setting for a typo; list them all when none is close."""
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.75)
+    if close:
+        return f"unknown setting {key!r}; did you mean {close[0]!r}?"
+    return f"unknown setting {key!r}; known settings: {', '.join(known)}"
 
 
 def documented_settings() -> list[tuple[str, Any, str]]:

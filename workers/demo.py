@@ -113,7 +113,7 @@ def main() -> int:
         )
 
         flaky = f"order-{run}-2"
-        shop.FAILURES[flaky] = 1
+        shop.provider_down(flaky, runs=1)
         result = shop.charge.apply_async(
             (flaky, 990), headers={MESSAGE_ID_HEADER: f"{flaky}-charge"}
         )
@@ -126,7 +126,7 @@ def main() -> int:
         )
 
         doomed = f"order-{run}-3"
-        shop.FAILURES[doomed] = 99
+        shop.provider_down(doomed, runs=99)
         entry = charge_until_dead_lettered(doomed, 500)
         say(
             f"5. {doomed}: provider down every time -> {DEAD_LETTERED} after {entry.attempts} runs "
@@ -142,7 +142,7 @@ def main() -> int:
             f"stays {shop.reliable.breakers.states()['payment-provider']}"
         )
 
-        shop.FAILURES.pop(doomed)  # the payment provider is back
+        shop.provider_up(doomed)  # the payment provider is back
         replay_id = shop.reliable.dead_letters.replay(entry.id)
         shop.reliable.relay.drain()  # what `celery -A workers.shop reliable relay` does
         replayed = shop.app.AsyncResult(replay_id)

@@ -14,6 +14,14 @@ Run it for real (the embedded default needs no server), from the repository's ro
     celery -A workers.shop beat                       # cleanup and stuck recovery
     python -m workers.shop order-1 4200               # places an order (and its receipt)
 
+and see a failure end as a dead letter, then replay it:
+
+    python -m workers.shop charge order-2 4200 --card-declined   # dead-lettered at once
+    python -m workers.shop charge order-3 4200 --provider-down   # retried, dead-lettered
+    celery -A workers.shop reliable dlq list
+    python -m workers.shop provider-up                           # the fault is fixed
+    celery -A workers.shop reliable dlq replay ID                # order-3 charged once
+
 ``CELERY_BROKER_URL`` and ``RELIABLE_DATABASE_URL`` switch it to Redis/RabbitMQ and
 PostgreSQL/MySQL, e.g. ``redis://127.0.0.1:6379/0`` and
 ``postgresql+psycopg://postgres@127.0.0.1:5432/test``.
@@ -105,8 +113,39 @@ def create_tables() -> None:
     Base.metadata.create_all(reliable.database.engine)
 
 
-#: Outages the demo injects: order id -> how many runs should still find the provider down.
-FAILURES: dict[str, int] = {}
+class Outage(Base):
+    """Runs of an order's charge that will still find the payment provider down: a fault
+    injected by the demo or by ``python -m workers.shop charge ... --provider-down``. In the
+    database, so that a worker in another process sees it."""
+
+    __tablename__ = "shop_outage"
+    order_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    runs: Mapped[int] = mapped_column(Integer)
+
+
+def provider_down(order_id: str, runs: int) -> None:
+    """The next ``runs`` charges of ``order_id`` find the payment provider down."""
+    with Session(reliable.database.engine) as session, session.begin():
+        session.merge(Outage(order_id=order_id, runs=runs))
+
+
+def provider_up(order_id: str | None = None) -> None:
+    """The payment provider is back (for one order, or all)."""
+    with Session(reliable.database.engine) as session, session.begin():
+        query = session.query(Outage)
+        if order_id is not None:
+            query = query.filter(Outage.order_id == order_id)
+        query.delete()
+
+
+def _provider_is_down(order_id: str) -> bool:
+    """Take one outage run, in its own transaction (the charge's own is rolled back)."""
+    with Session(reliable.database.engine) as session, session.begin():
+        outage = session.get(Outage, order_id, with_for_update=True)
+        if outage is None or outage.runs <= 0:
+            return False
+        outage.runs -= 1
+        return True
 
 
 class ProviderUnavailable(Exception):
@@ -133,14 +172,19 @@ reliable.breakers.configure(
     circuit_breaker="payment-provider",
     poison_exceptions=(CardDeclined,),
 )
-def charge(self: ReliableTask, order_id: str, amount_cents: int) -> dict[str, object]:
-    """Record the payment; the row and the 'done' mark commit together or not at all."""
+def charge(
+    self: ReliableTask, order_id: str, amount_cents: int, card: str = "valid"
+) -> dict[str, object]:
+    """Record the payment; the row and the 'done' mark commit together or not at all.
+
+    ``card="declined"`` (or an amount <= 0) is a card the provider declines.
+    """
+    provider_down = _provider_is_down(order_id)
     with self.transaction() as session:
         session.add(Payment(order_id=order_id, amount_cents=amount_cents))
-        if amount_cents <= 0:
-            raise CardDeclined(f"{order_id}: amount {amount_cents} declined")
-        if FAILURES.get(order_id, 0) > 0:
-            FAILURES[order_id] -= 1
+        if card == "declined" or amount_cents <= 0:
+            raise CardDeclined(f"{order_id}: card declined for {amount_cents}")
+        if provider_down:
             # Raised inside the transaction: the payment row above is rolled back, and the
             # retry policy decides what happens next.
             raise ProviderUnavailable(order_id)
@@ -168,14 +212,49 @@ def place_order(order_id: str, amount_cents: int) -> str:
         )
 
 
+def send_charge(order_id: str, amount_cents: int, card: str = "valid") -> str:
+    """Charge an order through the outbox (message id ``ORDER_ID-charge``); its id."""
+    with Session(reliable.database.engine) as session, session.begin():
+        return reliable.outbox.enqueue(
+            session,
+            charge.s(order_id, amount_cents, card=card),
+            message_id=f"{order_id}-charge",
+        )
+
+
+USAGE = """\
+usage: python -m workers.shop ORDER_ID AMOUNT_CENTS
+       python -m workers.shop charge ORDER_ID AMOUNT_CENTS [--card-declined | --provider-down]
+       python -m workers.shop provider-up
+
+An order and its receipt; a charge, with a card the provider declines (dead-lettered at
+once) or a provider outage (retried, then dead-lettered) until `provider-up` ends it."""
+FAULTS = {"--card-declined", "--provider-down"}
+
+
 def main(argv: list[str]) -> int:
-    """``python -m workers.shop ORDER_ID AMOUNT_CENTS``: what a web request would do."""
-    if len(argv) != 2 or not argv[1].isdigit():
-        print("usage: python -m workers.shop ORDER_ID AMOUNT_CENTS", file=sys.stderr)
-        return 2
+    """What a web request would do, and the faults that show a dead letter and a replay."""
     Base.metadata.create_all(reliable.database.engine)  # the shop's own tables, if missing
-    message_id = place_order(argv[0], int(argv[1]))
-    print(f"order {argv[0]} placed; receipt message {message_id} waits for the relay")
+    if argv == ["provider-up"]:
+        provider_up()
+        print("the payment provider is back: replay its dead letters with `reliable dlq replay`")
+        return 0
+    command, args = ("charge", argv[1:]) if argv[:1] == ["charge"] else ("order", argv)
+    faults = [a for a in args if a in FAULTS]
+    args = [a for a in args if a not in FAULTS]
+    if len(args) != 2 or not args[1].isdigit() or len(faults) > (command == "charge"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    order_id, amount = args[0], int(args[1])
+    if command == "order":
+        message_id = place_order(order_id, amount)
+        print(f"order {order_id} placed; receipt message {message_id} waits for the relay")
+        return 0
+    if "--provider-down" in faults:
+        provider_down(order_id, runs=1_000_000)  # until `provider-up`
+    declined = "--card-declined" in faults
+    message_id = send_charge(order_id, amount, card="declined" if declined else "valid")
+    print(f"charge {message_id} waits for the relay{' (' + faults[0][2:] + ')' if faults else ''}")
     return 0
 
 

@@ -7,6 +7,7 @@ import click
 from celery_reliable.store import migrate
 
 from .base import extension, reliable
+from .output import emit_json, json_option
 
 
 @reliable.group()
@@ -28,11 +29,15 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 
 
 @db.command()
+@json_option
 @click.pass_context
-def current(ctx: click.Context) -> None:
+def current(ctx: click.Context, as_json: bool) -> None:
     """Print the store's revision and the newest shipped one."""
     ext = extension(ctx)
     revision = migrate.current(ext.database, ext.tables)
     head = migrate.head(ext.database, ext.tables)
+    if as_json:
+        emit_json({"revision": revision, "head": head, "up_to_date": revision == head})
+        return
     state = "up to date" if revision == head else f"behind head {head}: run `db upgrade`"
     click.echo(f"{revision or 'none'} ({state})")

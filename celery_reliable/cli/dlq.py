@@ -16,8 +16,10 @@ from .output import (
     Moment,
     PerSecond,
     Text,
+    duration,
     emit_json,
     json_option,
+    plural,
     progress_bar,
     table,
 )
@@ -27,6 +29,14 @@ REASONS = click.Choice([r.value for r in DeadLetterReason])
 
 def _letters(ctx: click.Context) -> DeadLetters:
     return extension(ctx).dead_letters
+
+
+def _counted(as_json: bool, key: str, count: int, sentence: str) -> None:
+    """A count of entries: ``{"replayed": 2}`` for scripts, "replayed 2 entries" for people."""
+    if as_json:
+        emit_json({key: count})
+    else:
+        click.echo(sentence.format(plural(count, "entry", "entries")))
 
 
 @reliable.group()
@@ -108,6 +118,7 @@ def show(ctx: click.Context, entry_id: int, as_json: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Say how many would be replayed; change nothing.")
 @click.option("--rate", type=PerSecond(), help="Replays per second.")
 @click.option("--stop-after-failures", type=click.IntRange(min=1), help="Stop after N failures.")
+@json_option
 @click.pass_context
 def replay(
     ctx: click.Context,
@@ -118,6 +129,7 @@ def replay(
     dry_run: bool,
     rate: float | None,
     stop_after_failures: int | None,
+    as_json: bool,
 ) -> None:
     """Publish entries again through the outbox: by ID, or by --reason/--task."""
     letters = _letters(ctx)
@@ -129,7 +141,7 @@ def replay(
         matching = DeadLetterFilter(reason, task_name)
         due = letters.replay_batch(matching=matching, limit=limit, dry_run=True)
         if dry_run:
-            click.echo(f"would replay {due} entries")
+            _counted(as_json, "would_replay", due, "would replay {}")
             return
         with progress_bar(due, "replaying") as bar:
             count = letters.replay_batch(
@@ -139,34 +151,39 @@ def replay(
                 stop_after_failures=stop_after_failures,
                 progress=bar.update,
             )
-        click.echo(f"replayed {count} entries")
+        _counted(as_json, "replayed", count, "replayed {}")
         return
     missing = [i for i in entry_ids if letters.get(i) is None]
     if missing:  # checked first, so a typo changes nothing
         raise click.UsageError(f"no dead-letter entry {', '.join(map(str, missing))}")
     if dry_run:
-        click.echo(f"would replay {len(entry_ids)} entries")
+        _counted(as_json, "would_replay", len(entry_ids), "would replay {}")
         return
+    tasks: dict[int, str] = {}
     for entry_id in entry_ids:
         try:
-            task_id = letters.replay(entry_id)
+            tasks[entry_id] = letters.replay(entry_id)
         except Exception as exc:
             raise click.ClickException(f"entry {entry_id} not replayed: {exc}") from exc
-        click.echo(f"entry {entry_id} replayed as task {task_id}")
+        if not as_json:
+            click.echo(f"entry {entry_id} replayed as task {tasks[entry_id]}")
+    if as_json:
+        emit_json({"replayed": len(tasks), "task_ids": tasks})
 
 
 @dlq.command()
 @click.option("--older-than", type=Age(), required=True, help="Age, such as 30d.")
 @click.option("--dry-run", is_flag=True, help="Count what would be purged; change nothing.")
+@json_option
 @click.pass_context
-def purge(ctx: click.Context, older_than: timedelta, dry_run: bool) -> None:
+def purge(ctx: click.Context, older_than: timedelta, dry_run: bool, as_json: bool) -> None:
     """Delete entries dead-lettered longer ago than --older-than."""
     letters = _letters(ctx)
     if dry_run:  # what purge_older_than deletes
         due = letters.count(matching=DeadLetterFilter.older_than(older_than))
-        click.echo(f"would purge {due} entries")
+        _counted(as_json, "would_purge", due, "would purge {}")
         return
-    click.echo(f"purged {letters.purge_older_than(older_than)} entries")
+    _counted(as_json, "purged", letters.purge_older_than(older_than), "purged {}")
 
 
 @dlq.command()
@@ -179,7 +196,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
         emit_json(statistics.as_dict())
         return
     click.echo(f"entries: {statistics.count}")
-    click.echo(f"oldest: {statistics.oldest_age or '-'}")
+    click.echo(f"oldest: {duration(statistics.oldest_age)}")
     for title, counts in (
         ("REASON", statistics.by_reason),
         ("TASK", statistics.by_task),

@@ -5,9 +5,10 @@ from __future__ import annotations
 import click
 
 from celery_reliable.exceptions import InvalidArgument
+from celery_reliable.store.base import Status
 
 from .base import extension, reliable
-from .output import COUNT, ROW_ID, Text, emit_json, json_option, table
+from .output import COUNT, ROW_ID, Text, duration, emit_json, json_option, plural, table
 
 limit_option = click.option("--limit", type=COUNT, default=50, show_default=True)
 
@@ -26,7 +27,8 @@ def outbox_stats(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         emit_json(stats.as_dict())
         return
-    table(("STATE", "ROWS"), [(k, v) for k, v in stats.as_dict().items()])
+    rows = [(k, v) for k, v in stats.as_dict().items() if k != "oldest_due_age"]
+    table(("STATE", "ROWS"), [*rows, ("oldest due", duration(stats.oldest_due_age))])
 
 
 @outbox.command(name="list")
@@ -46,14 +48,18 @@ def outbox_list(ctx: click.Context, poisoned: bool, limit: int, as_json: bool) -
 
 @outbox.command(name="retry")
 @click.argument("row_ids", type=ROW_ID, nargs=-1, required=True)
+@json_option
 @click.pass_context
-def outbox_retry(ctx: click.Context, row_ids: tuple[int, ...]) -> None:
+def outbox_retry(ctx: click.Context, row_ids: tuple[int, ...], as_json: bool) -> None:
     """Publish poisoned rows again (attempts reset). All or nothing."""
     try:
         count = extension(ctx).admin.retry_outbox(row_ids)
     except InvalidArgument as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"{count} outbox rows will be published again")
+    if as_json:
+        emit_json({"retried": count})
+    else:
+        click.echo(f"{plural(count, 'outbox row')} will be published again")
 
 
 @reliable.group()
@@ -74,25 +80,37 @@ def inbox_stats(ctx: click.Context, as_json: bool) -> None:
 
 
 @inbox.command(name="list")
-@click.option("--poisoned", is_flag=True, required=True, help="Quarantined messages.")
+@click.option(
+    "--state",
+    type=click.Choice([s.value for s in Status]),
+    default=Status.POISONED.value,
+    show_default=True,
+    help="Marks in this state.",
+)
+@click.option("--poisoned", is_flag=True, help="Quarantined messages (same as --state poisoned).")
 @limit_option
 @json_option
 @click.pass_context
-def inbox_list(ctx: click.Context, poisoned: bool, limit: int, as_json: bool) -> None:
-    """Quarantined (message id, handler key) pairs."""
-    rows = extension(ctx).admin.inbox_poisoned(limit=limit)
+def inbox_list(ctx: click.Context, state: str, poisoned: bool, limit: int, as_json: bool) -> None:
+    """(message id, handler key) marks in a state: by default the quarantined ones."""
+    if poisoned and state != Status.POISONED.value:
+        raise click.UsageError("give --poisoned or --state, not both")
+    rows = extension(ctx).admin.inbox_marks(Status(state), limit=limit)
     if as_json:
         emit_json(rows)
         return
-    columns = ("message_id", "handler_key", "attempts", "last_error")
+    columns = ("message_id", "handler_key", "status", "attempts", "last_error")
     table([c.upper() for c in columns], [[row[c] for c in columns] for row in rows])
 
 
 @inbox.command(name="retry")
 @click.argument("message_ids", type=Text(), nargs=-1, required=True)
 @click.option("--handler-key", help="Only this handler key (default: all of the message's).")
+@json_option
 @click.pass_context
-def inbox_retry(ctx: click.Context, message_ids: tuple[str, ...], handler_key: str | None) -> None:
+def inbox_retry(
+    ctx: click.Context, message_ids: tuple[str, ...], handler_key: str | None, as_json: bool
+) -> None:
     """Let quarantined messages run on their next delivery. All or nothing.
 
     Nothing is sent: use `dlq replay` to send a dead-lettered message again.
@@ -101,4 +119,7 @@ def inbox_retry(ctx: click.Context, message_ids: tuple[str, ...], handler_key: s
         count = extension(ctx).admin.retry_inbox(message_ids, handler_key)
     except InvalidArgument as exc:
         raise click.UsageError(str(exc)) from exc
-    click.echo(f"{count} inbox marks will run on their next delivery")
+    if as_json:
+        emit_json({"retried": count})
+    else:
+        click.echo(f"{plural(count, 'inbox mark')} will run again on the next delivery")

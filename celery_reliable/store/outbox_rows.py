@@ -42,6 +42,7 @@ class Claimed(NamedTuple):
     properties: str
     attempts: int
     ordering_key: str | None
+    available_at: datetime  # when it became due: the relay logs how long it waited
     previous: int | None
 
 

@@ -21,12 +21,11 @@ def breakers(cli):
 def test_list_reset_and_a_bad_name(breakers):
     listed = breakers("--json")
     assert listed.exit_code == 0, listed.stderr
-    assert json.loads(listed.stdout) == {"payment-service": "closed"}
+    # Without reliable_redis_url the state is each worker's own: not visible from here.
+    assert json.loads(listed.stdout) == {"payment-service": "unknown (per process)"}
     reset = breakers("--reset", "payment-service")
-    assert (reset.exit_code, reset.stdout.strip()) == (
-        0,
-        "circuit breaker payment-service reset: closed",
-    )
+    assert (reset.exit_code, reset.stdout.strip()) == (1, "")
+    assert "circuit breaker payment-service not reset" in reset.stderr
     bad = breakers("--reset", "nope")
     assert bad.exit_code == 2
     assert "no circuit breaker named 'nope'" in bad.stderr

@@ -36,7 +36,7 @@ def test_an_unreachable_broker_is_not_ready_exit_1(migrated):
     assert checks["store"] == "ok"
 
 
-def test_no_mode_is_a_usage_error(migrated):
+def test_no_mode_runs_both_probes(migrated):
     result = migrated("health")
-    assert result.exit_code == 2
-    assert "give --ready or --live" in result.stderr
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-2:] == ["ready: ok", "live: ok"]

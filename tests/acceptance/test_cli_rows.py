@@ -56,7 +56,7 @@ def test_outbox_stats_list_and_retry(run, store):
     assert "999999" in err  # all or nothing: the good id was not retried either
     assert store.admin.outbox_stats().poisoned == 1
     code, out, _ = run("outbox", "retry", str(poisoned_id))
-    assert (code, out.strip()) == (0, "1 outbox rows will be published again")
+    assert (code, out.strip()) == (0, "1 outbox row will be published again")
     assert store.admin.outbox_stats().due == 2
 
 
@@ -69,7 +69,7 @@ def test_inbox_stats_list_and_retry(run, store):
     assert code == 2
     assert "not quarantined in the inbox: ok" in err
     code, out, _ = run("inbox", "retry", "dead")
-    assert (code, out.strip()) == (0, "1 inbox marks will run on their next delivery")
+    assert (code, out.strip()) == (0, "1 inbox mark will run again on the next delivery")
     assert store.admin.inbox_stats()["poisoned"] == 0
 
 

@@ -7,6 +7,7 @@ line reaches the worker through the outbox and the relay, exactly once.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -140,3 +141,65 @@ def test_flower_with_the_dead_letters_page_starts_as_the_readme_says(
     finally:
         flower.stop()
     assert "<title>Dead letters · Flower</title>" in html
+
+
+def payments(env: dict[str, str], order_id: str) -> int:
+    engine = create_engine(env["RELIABLE_DATABASE_URL"])
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT count(*) FROM shop_payment WHERE order_id = :o")
+            return int(conn.execute(query, {"o": order_id}).scalar_one())
+    finally:
+        engine.dispose()
+
+
+def test_each_failure_from_the_command_line_then_a_replay(shop_env: dict[str, str], tmp_path: Path):
+    """The README's failure walk-through: a declined card and a provider outage end as
+    dead letters; once the provider is back, the replay charges the order once."""
+    run(shop_env, "-m", "celery", "-A", SHOP, "reliable", "db", "upgrade")
+    worker = celery_process(
+        ["-A", SHOP, "worker", "--loglevel=INFO", "-P", "threads"],
+        shop_env,
+        tmp_path / "worker.log",
+    )
+    relay = celery_process(["-A", SHOP, "reliable", "relay"], shop_env, tmp_path / "relay.log")
+
+    def dead_letters() -> dict[str, str]:
+        listed = run(shop_env, "-m", "celery", "-A", SHOP, "reliable", "dlq", "list", "--json")
+        return {e["message_id"]: e["reason"] for e in json.loads(listed)}
+
+    try:
+        assert "(card-declined)" in run(
+            shop_env, "-m", SHOP, "charge", "order-2", "4200", "--card-declined"
+        )
+        assert "(provider-down)" in run(
+            shop_env, "-m", SHOP, "charge", "order-3", "4200", "--provider-down"
+        )
+        expected = {"order-2-charge": "PoisonMessage", "order-3-charge": "MaxRetriesExceeded"}
+        wait_for(lambda: dead_letters() == expected, 60, 0.5, what="two dead letters")
+        assert "provider is back" in run(shop_env, "-m", SHOP, "provider-up")
+        replayed = run(
+            shop_env, "-m", "celery", "-A", SHOP, "reliable", "dlq", "replay",
+            "--reason", "MaxRetriesExceeded",
+        )  # fmt: skip
+        assert replayed.strip() == "replayed 1 entry"
+        wait_for(lambda: payments(shop_env, "order-3") == 1, 60, 0.2, what="the replayed charge")
+        assert worker.proc.poll() is None, worker.output()
+    finally:
+        relay.stop()
+        worker.stop()
+    assert payments(shop_env, "order-3") == 1  # once: the three failed runs rolled back
+    assert payments(shop_env, "order-2") == 0  # declined: nothing charged
+
+
+def test_a_charge_takes_one_fault_at_most(shop_env: dict[str, str]):
+    result = subprocess.run(
+        [sys.executable, "-m", SHOP, "charge", "o", "1", "--card-declined", "--provider-down"],
+        cwd=ROOT,
+        env={**os.environ, **shop_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "--card-declined | --provider-down" in result.stderr

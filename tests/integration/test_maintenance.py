@@ -186,7 +186,7 @@ def test_inbox_stats_list_and_manual_retry(reliable):
     inbox_mark(reliable, "bad", Status.POISONED)
     admin = reliable.admin
     assert admin.inbox_stats() == {"processing": 0, "failed": 0, "completed": 1, "poisoned": 1}
-    assert [r["message_id"] for r in admin.inbox_poisoned()] == ["bad"]
+    assert [r["message_id"] for r in admin.inbox_marks(Status.POISONED)] == ["bad"]
     with pytest.raises(InvalidArgument, match="not quarantined in the inbox: ok"):
         admin.retry_inbox(["bad", "ok"])
     assert admin.retry_inbox(["bad"]) == 1

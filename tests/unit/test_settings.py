@@ -37,6 +37,19 @@ def test_unknown_reliable_key_is_refused_by_name():
         Settings.from_conf({"reliable_max_atempts": 3})
 
 
+def test_a_misspelled_key_is_refused_with_the_setting_it_resembles():
+    with pytest.raises(ConfigurationError) as caught:
+        Settings.from_conf({"reliable_max_atempts": 3})
+    assert str(caught.value) == (
+        "unknown setting 'reliable_max_atempts'; did you mean 'reliable_max_attempts'?"
+    )
+
+
+def test_an_unknown_key_like_no_setting_lists_them_all():
+    with pytest.raises(ConfigurationError, match="known settings: reliable_alert_threshold, "):
+        Settings.from_conf({"reliable_colour": "blue"})
+
+
 @pytest.mark.parametrize(
     ("key", "value"),
     [

@@ -13,7 +13,7 @@ import os
 import signal
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -63,18 +63,26 @@ def terminate(stack: Stack, pid: int) -> None:
         assert conn.scalar(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
 
-def kill_listen_and_keep_relaying(stack: Stack) -> None:
+def kill_listen_and_keep_relaying(
+    stack: Stack, arrived: Callable[[Stack, int], None] = reach_the_broker
+) -> None:
     """The scenario, whichever relay runs: LISTEN is cut, the rows after it still go out."""
     enqueue(stack, 5, start=0)
-    reach_the_broker(stack, 5)
+    arrived(stack, 5)
     first = wait_for(lambda: listening_backend(stack), 30, what="the relay to LISTEN")
     terminate(stack, first)
     enqueue(stack, 5, start=5)
-    reach_the_broker(stack, 10)
+    arrived(stack, 10)
     again = wait_for(lambda: listening_backend(stack), 30, what="the relay to LISTEN again")
     assert again != first
     enqueue(stack, 5, start=10)  # published on the new connection's notification
-    reach_the_broker(stack, 15)
+    arrived(stack, 15)
+
+
+def applied(stack: Stack, total: int) -> None:
+    """Wait until a worker has applied ``total`` effects (each message once)."""
+    wait_for(lambda: stack.effect_count() >= total, 60, what=f"{total} effects")
+    assert stack.effect_count() == total
 
 
 @pytest.fixture
@@ -113,6 +121,15 @@ def test_a_relay_process_survives_its_listen_connection_being_killed(stack):
     assert relay.returncode == 0, err
     assert "LISTEN" in err
     assert "OperationalError" in err  # logged with its cause
+
+
+def test_a_workers_relay_thread_survives_its_listen_connection_being_killed(stack):
+    with stack.worker("-P", "threads", RT_RELAY_IN_WORKER="1") as worker:
+        kill_listen_and_keep_relaying(stack, applied)
+        assert worker.alive
+    log = worker.output()
+    assert "relay LISTEN connection failed (OperationalError" in log
+    assert "relay LISTEN connection works again" in log
 
 
 def test_a_single_relay_waits_out_its_lock_store_and_then_relays(stack, fault_proxy, caplog):

@@ -181,6 +181,7 @@ def live(stack: Stack) -> subprocess.CompletedProcess[str]:
     return celery(env, "reliable", "health", "--live", "--json")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # on purpose
 def test_a_dead_relay_loop_fails_liveness_and_a_stopped_one_does_not(redis_stack, caplog):
     stack = redis_stack
     relay = stack.reliable.relay

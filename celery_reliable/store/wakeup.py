@@ -2,7 +2,8 @@
 
 PostgreSQL: LISTEN on the channel the outbox trigger notifies at commit, so a new message
 reaches the broker within milliseconds with no busy polling. Elsewhere: a timed sleep of
-``reliable_relay_idle_interval``. Either way the wait ends early when the relay is stopped.
+``reliable_relay_idle_interval`` (also PostgreSQL's, while its LISTEN connection is lost and
+being reconnected). Either way the wait ends early when the relay is stopped.
 """
 
 from __future__ import annotations

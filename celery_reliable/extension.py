@@ -163,6 +163,7 @@ class Reliable:
             poisoned=lambda: metrics.outbox_poisoned.add(1),
             cycle=heartbeat.beat,
             stopped=heartbeat.clear,
+            died=heartbeat.dead,
             lock=(
                 (lambda: self.locks.lock(self.maintenance.lock_name("relay"), ttl=LOCK_TTL))
                 if self.settings.relay_single

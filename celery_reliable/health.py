@@ -13,7 +13,9 @@ healthy, with a warning) and 1 when not, for Kubernetes exec probes.
   ``reliable_dead_letter_degraded_depth`` (above: degraded).
 
 A relay proves its loop by touching a heartbeat file after every cycle, idle cycles
-included, so an idle relay is healthy. Each check has a time limit, so a probe never hangs
+included, so an idle relay is healthy; so is one waiting out an outage, which still cycles.
+A relay that stops cleanly removes the file; a loop that dies leaves it stale, with its
+cause, so ``--live`` fails. Each check has a time limit, so a probe never hangs
 on a dead service.
 """
 
@@ -62,18 +64,36 @@ class HealthReport:
 
 
 class Heartbeat:
-    """A file a relay touches after every loop; its age is how long ago the loop last ran."""
+    """A file a relay touches after every loop; its age is how long ago the loop last ran.
+
+    A relay that stops cleanly removes it (no relay on this host is not a failure). A loop
+    that dies leaves it behind, stale at once and holding the cause, so ``health --live``
+    fails: removing it would make a dead relay look like no relay at all.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._beating = False
 
     def beat(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.touch()
+        if self._beating:
+            self.path.touch()
+        else:  # a new loop: forget how an earlier one ended
+            self.path.write_text("")
+            self._beating = True
 
     def clear(self) -> None:
         """The relay stopped cleanly: this host runs no relay now, which is not a failure."""
+        self._beating = False
         self.path.unlink(missing_ok=True)
+
+    def dead(self, cause: str) -> None:
+        """The relay loop died of ``cause``: leave a heartbeat that is already stale."""
+        self._beating = False
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(cause)
+        os.utime(self.path, (0, 0))
 
     def age(self) -> float | None:
         """Seconds since the last beat, or None when no relay ever ran on this host."""
@@ -81,6 +101,13 @@ class Heartbeat:
             return max(0.0, time.time() - self.path.stat().st_mtime)
         except FileNotFoundError:
             return None
+
+    def cause(self) -> str:
+        """Why the last loop died, if it did ("" otherwise)."""
+        try:
+            return self.path.read_text().strip()
+        except FileNotFoundError:
+            return ""
 
 
 class Health:
@@ -142,6 +169,9 @@ class Health:
         if age is None:
             return OK, "no relay runs on this host"
         if age > limit:
+            cause = self.relay_heartbeat.cause()
+            if cause:
+                return UNHEALTHY, f"relay loop died: {cause}"
             return UNHEALTHY, f"relay loop last ran {age:.0f}s ago (limit {limit:.0f}s)"
         return OK, f"relay loop ran {age:.1f}s ago"
 

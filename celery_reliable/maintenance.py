@@ -201,7 +201,13 @@ class Maintenance:
         records it as unacknowledged) would otherwise lose them for good. A message that
         was only slow arrives twice, and the inbox runs it once. Only messages for
         ReliableTasks are considered (a plain task leaves no inbox record), at most one
-        batch per run.
+        batch per run. Never published again:
+
+        - a message created before ``reliable_inbox_retention``: "no inbox saw it" may only
+          mean that cleanup deleted its completed mark, and the copy would run again;
+        - a message that was dead-lettered (expired, unknown task, ...): no inbox will
+          ever record it, and each copy would add a dead letter;
+        - a message already published again ``reliable_outbox_max_redeliveries`` times.
         """
         from .task import ReliableTask
 
@@ -210,36 +216,51 @@ class Maintenance:
         ]
         if not reliable_names:
             return 0
-        tables, now = self.reliable.tables, utcnow()
-        outbox, seen = tables.outbox, tables.inbox_message
+        settings, tables, now = self.reliable.settings, self.reliable.tables, utcnow()
+        outbox, seen, dead = tables.outbox, tables.inbox_message, tables.dead_letter
         unseen = (
-            select(outbox.c.id)
+            select(outbox.c.id, outbox.c.message_id, outbox.c.redeliveries)
             .where(outbox.c.status == SENT)
             .where(outbox.c.sent_at < now - after)
             .where(outbox.c.task_name.in_(reliable_names))
+            .where(outbox.c.redeliveries < settings.outbox_max_redeliveries)
             .where(~exists().where(seen.c.message_id == outbox.c.message_id))
-            .limit(self.reliable.settings.cleanup_batch_size)
+            .where(~exists().where(dead.c.message_id == outbox.c.message_id))
+            .limit(settings.cleanup_batch_size)
         )
+        if settings.inbox_retention is not None:
+            unseen = unseen.where(outbox.c.created_at > now - settings.inbox_retention)
         with self.reliable.database.engine.begin() as conn:
-            ids = list(conn.scalars(unseen))
-            if ids:
+            rows = conn.execute(unseen).all()
+            if rows:
                 conn.execute(
                     update(outbox)
-                    .where(outbox.c.id.in_(ids))
+                    .where(outbox.c.id.in_([row.id for row in rows]))
                     .where(outbox.c.status == SENT)
                     .values(
                         status=PENDING,
                         available_at=now,
                         claim_token=None,
                         claimed_at=None,
+                        redeliveries=outbox.c.redeliveries + 1,
                         last_error=f"published again at {now.isoformat()}: no inbox saw it",
                     )
                 )
-        if ids:
+        if rows:
             logger.warning(
-                "%d sent messages no inbox saw after %s: published again", len(ids), after
+                "%d sent messages no inbox saw after %s: published again", len(rows), after
             )
-        return len(ids)
+        last = [
+            r.message_id for r in rows if r.redeliveries + 1 >= settings.outbox_max_redeliveries
+        ]
+        if last:
+            logger.error(
+                "published again for the last time (reliable_outbox_max_redeliveries=%d), "
+                "no inbox has ever seen: %s",
+                settings.outbox_max_redeliveries,
+                ", ".join(last[:20]),
+            )
+        return len(rows)
 
     def _recover(self, unseen_after: timedelta | None) -> Report:
         tables = self.reliable.tables

@@ -27,10 +27,11 @@ from .brokers import BatchPublisher, publisher_for
 from .clock import utcnow
 from .exceptions import LockLost
 from .locks import Lock
+from .outage import Outage
 from .settings import Settings
 from .store.outbox_rows import Claimed, OutboxRows
 from .store.tables import Tables
-from .store.wakeup import wakeup_for
+from .store.wakeup import Wakeup, wakeup_for
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +63,8 @@ class RelayHooks:
     batch: Callable[[int, int, float], None] = _nothing  # claimed, sent, seconds
     poisoned: Callable[[], None] = _nothing
     cycle: Callable[[], None] = _nothing  # a loop of run() ended, busy or idle
-    stopped: Callable[[], None] = _nothing
+    stopped: Callable[[], None] = _nothing  # run() returned: asked to stop
+    died: Callable[[str], None] = _nothing  # run() ended on an exception (its description)
     lock: Callable[[], Lock] | None = None
 
 
@@ -208,33 +210,44 @@ class Relay:
         """Publish until ``stop`` is set; a batch under way is finished first.
 
         When idle it waits for the store's commit notifications (PostgreSQL) or polls.
-        In single-relay mode it publishes only while it holds the relay lock.
+        In single-relay mode it publishes only while it holds the relay lock. A cycle that
+        fails (store, broker or lock store unreachable) is logged with its cause and tried
+        again with backoff: no outage ends the loop. If the loop ends anyway (a bug, a
+        ``SystemExit`` from a library), that is logged at CRITICAL and reported through
+        ``hooks.died``, so that ``health --live`` fails instead of seeing no relay at all.
         """
-        idle = self.settings.relay_idle_interval.total_seconds()
         wakeup = wakeup_for(self.rows.database, self.tables, stop)
         lock = self.hooks.lock() if self.hooks.lock is not None else None
-        broker_down = 0
         try:
-            while not stop.is_set():
-                self.hooks.cycle()
-                if lock is not None and not self._holding(lock):
-                    stop.wait(idle)  # another relay publishes; this one stands by
-                    continue
-                try:
-                    sent = self.run_batch()
-                    broker_down = 0
-                except Exception:
-                    broker_down += 1
-                    stop.wait(min(30.0, 0.5 * 2**broker_down))
-                    continue
-                if not sent:
-                    wakeup.wait(idle)
+            self._loop(stop, wakeup, lock)
+        except BaseException as exc:
+            logger.critical("relay loop died: %s: %s", type(exc).__name__, exc, exc_info=True)
+            self.hooks.died(f"{type(exc).__name__}: {exc}")
+            raise
+        else:
+            self.hooks.stopped()
         finally:
             if lock is not None:
                 lock.release()
             wakeup.close()
             self.close()
-            self.hooks.stopped()
+
+    def _loop(self, stop: threading.Event, wakeup: Wakeup, lock: Lock | None) -> None:
+        idle = self.settings.relay_idle_interval.total_seconds()
+        trouble = Outage("relay cycle", logger)
+        while not stop.is_set():
+            self.hooks.cycle()
+            try:
+                standby = lock is not None and not self._holding(lock)
+                sent = 0 if standby else self.run_batch()
+            except Exception as exc:
+                stop.wait(trouble.failed(exc))
+                continue
+            trouble.recovered()
+            if standby:
+                stop.wait(idle)  # another relay publishes; this one stands by
+            elif not sent:
+                wakeup.wait(idle)
 
     @staticmethod
     def _holding(lock: Lock) -> bool:

@@ -257,7 +257,18 @@ class Settings:
         "has seen its message id this long after it was sent (the inbox absorbs the copy "
         "if the first was only slow). This recovers messages a broker lost after accepting "
         "them, such as kombu's Redis transport when a worker dies or its link drops mid "
-        "BRPOP. Keep it well above your longest queue wait. None: off.",
+        "BRPOP. Keep it well above your longest queue wait, and below "
+        "`reliable_inbox_retention` (refused otherwise): a message older than the inbox "
+        "retention is never published again, since its completed mark may already be gone "
+        "and the copy would run a second time. None: off.",
+    )
+    outbox_max_redeliveries: int = _setting(
+        3,
+        _positive_int,
+        "How many times stuck recovery publishes one unseen outbox message again before it "
+        "gives up on it (logged at ERROR; the row stays `sent`). Messages a worker "
+        "dead-lettered (expired, unknown task, ...) are never published again: no inbox will "
+        "ever record them.",
     )
     cleanup_batch_size: int = _setting(
         10_000, _positive_int, "Rows the cleanup job deletes per transaction."
@@ -336,7 +347,26 @@ class Settings:
                 values[f.name] = f.metadata["parse"](raw)
             except ValueError as exc:
                 raise ConfigurationError(f"setting {key!r}: {exc} (got {raw!r})") from exc
-        return cls(**values)
+        settings = cls(**values)
+        _check_combinations(settings)
+        return settings
+
+
+def _check_combinations(settings: Settings) -> None:
+    """Refuse settings that are valid one by one but contradict each other.
+
+    Redelivery of unseen outbox messages skips messages older than the inbox retention
+    (their completed mark may have been deleted, and a copy would run again). Waiting
+    longer than that retention before redelivering would therefore never redeliver
+    anything: an operator who set both meant something else, so say so at start-up.
+    """
+    unseen, retention = settings.outbox_redeliver_unseen_after, settings.inbox_retention
+    if unseen is not None and retention is not None and unseen >= retention:
+        raise ConfigurationError(
+            f"setting '{PREFIX}outbox_redeliver_unseen_after' ({unseen}) must be shorter than "
+            f"'{PREFIX}inbox_retention' ({retention}): a message is only published again "
+            "while its inbox mark, if any, is still kept"
+        )
 
 
 def _unknown_setting(key: str, known: list[str]) -> str:

@@ -146,6 +146,8 @@ def build_tables(prefix: str) -> Tables:
         Column("claim_token", String(64)),  # the relay batch that holds the row, if any
         Column("claimed_at", UTCDateTime()),
         Column("sent_at", UTCDateTime()),
+        # Times stuck recovery published it again because no inbox saw it (capped).
+        Column("redeliveries", Integer, nullable=False, server_default="0"),
         Index(f"{prefix}outbox_due", "status", "available_at", "id"),
         Index(f"{prefix}outbox_ordering", "ordering_key", "status", "id"),
         postgresql_with={"fillfactor": OUTBOX_FILLFACTOR},
@@ -183,5 +185,6 @@ def build_tables(prefix: str) -> Tables:
         Index(f"{prefix}dead_letter_time", "dead_lettered_at"),
         Index(f"{prefix}dead_letter_reason", "reason", "dead_lettered_at"),
         Index(f"{prefix}dead_letter_task", "task_name", "dead_lettered_at"),
+        Index(f"{prefix}dead_letter_message", "message_id"),
     )
     return Tables(prefix, metadata, inbox_message, inbox_status, outbox, dead_letter)

@@ -236,3 +236,92 @@ def test_lock_names_come_from_the_app_and_store_unless_a_namespace_is_set(db_url
     assert Reliable.of(app).maintenance.lock_name("cleanup") == f"{app.main}:{table_prefix}:cleanup"
     shared = make_app("memory://", db_url, table_prefix, reliable_lock_namespace="billing")
     assert Reliable.of(shared).maintenance.lock_name("cleanup") == "billing:cleanup"
+
+
+def reliable_outbox_row(reliable, n, *, sent_age):
+    """A sent outbox row for the ReliableTask ``shop.pay``, sent (and created) ``sent_age`` ago."""
+    row = outbox_row(reliable, n, "sent", age=sent_age)
+    t = reliable.tables.outbox
+    with reliable.database.engine.begin() as conn:
+        conn.execute(update(t).where(t.c.id == row).values(task_name="shop.pay"))
+    return row
+
+
+def send_again(reliable, row, age):
+    """What the relay did to a redelivered row, then ``age`` of silence from every inbox."""
+    assert reliable.relay.drain() == 1
+    t = reliable.tables.outbox
+    with reliable.database.engine.begin() as conn:
+        conn.execute(update(t).where(t.c.id == row).values(sent_at=utcnow() - age))
+
+
+@pytest.fixture
+def redelivering(db_url, table_prefix):
+    """An app whose stuck recovery publishes unseen messages again after 10 minutes."""
+    from celery_reliable import ReliableTask
+
+    app = make_app(
+        "memory://",
+        db_url,
+        table_prefix,
+        reliable_inbox_retention="1d",
+        reliable_outbox_retention="7d",
+        reliable_outbox_redeliver_unseen_after="10m",
+        reliable_outbox_max_redeliveries=2,
+    )
+    reliable = Reliable.of(app)
+    reliable.create_schema()
+    app.task(name="shop.ship", shared=False)(_ship)
+    app.task(base=ReliableTask, name="shop.pay", shared=False)(_pay)
+    yield reliable
+    reliable.database.dispose()
+
+
+def _ship(order):
+    return order
+
+
+def _pay():
+    return None
+
+
+def test_redelivery_never_repeats_a_message_whose_inbox_mark_retention_deleted(redelivering):
+    reliable = redelivering
+    done = reliable_outbox_row(reliable, 1, sent_age=timedelta(days=2))
+    inbox_mark(reliable, "m-1", Status.COMPLETED, age=timedelta(days=2))  # it ran, long ago
+    lost = reliable_outbox_row(reliable, 2, sent_age=timedelta(minutes=30))  # never seen
+    assert reliable.maintenance.cleanup(locked=False).counts["inbox_completed"] == 1
+    assert reliable.store.get_status("m-1", "shop.pay") is None  # the mark is gone...
+
+    report = reliable.maintenance.recover_stuck(locked=False)
+    # ...yet its message is not sent again: no inbox could recognise the copy as a duplicate.
+    assert report.counts["outbox_redelivered"] == 1
+    t = reliable.tables.outbox
+    with reliable.database.engine.connect() as conn:
+        statuses = dict(conn.execute(select(t.c.id, t.c.status)).all())
+    assert statuses == {done: "sent", lost: "pending"}
+
+
+def test_redelivery_skips_dead_lettered_messages_and_gives_up_after_the_cap(redelivering):
+    reliable = redelivering
+    expired = reliable_outbox_row(reliable, 1, sent_age=timedelta(minutes=30))
+    reliable.dead_letters.add(  # the worker refused it: no inbox will ever record it
+        FailedMessage(message_id="m-1", task_id=None, task_name="shop.pay", args=[]),
+        "MessageExpired",
+        detail="expired",
+    )
+    unheard = reliable_outbox_row(reliable, 2, sent_age=timedelta(minutes=30))
+
+    recover = reliable.maintenance.recover_stuck
+    assert recover(locked=False).counts["outbox_redelivered"] == 1  # only the unheard one
+    send_again(reliable, unheard, timedelta(minutes=30))
+    assert recover(locked=False).counts["outbox_redelivered"] == 1  # its second and last
+    send_again(reliable, unheard, timedelta(minutes=30))
+    assert recover(locked=False).counts["outbox_redelivered"] == 0  # the cap: 2
+    assert reliable.dead_letters.count() == 1  # no new dead letter per cycle either
+
+    t = reliable.tables.outbox
+    with reliable.database.engine.connect() as conn:
+        rows = {r.id: r for r in conn.execute(select(t))}
+    assert (rows[expired].status, rows[expired].redeliveries) == ("sent", 0)
+    assert (rows[unheard].status, rows[unheard].redeliveries) == ("sent", 2)

@@ -91,3 +91,21 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+def test_redelivery_that_outlives_the_inbox_retention_is_refused_naming_both_keys():
+    """Every message it could send again would be one whose inbox mark may be gone."""
+    conf = {"reliable_inbox_retention": "1h", "reliable_outbox_redeliver_unseen_after": "2h"}
+    with pytest.raises(
+        ConfigurationError,
+        match=r"'reliable_outbox_redeliver_unseen_after'.*'reliable_inbox_retention'",
+    ):
+        Settings.from_conf(conf)
+    Settings.from_conf({**conf, "reliable_outbox_redeliver_unseen_after": "10m"})
+    Settings.from_conf({**conf, "reliable_inbox_retention": None})
+
+
+def test_redeliveries_are_capped_by_default():
+    assert Settings.from_conf({}).outbox_max_redeliveries == 3
+    with pytest.raises(ConfigurationError, match="'reliable_outbox_max_redeliveries'"):
+        Settings.from_conf({"reliable_outbox_max_redeliveries": -1})

@@ -41,9 +41,12 @@ ROOT = "celery_reliable"
 LAYERS: list[tuple[str, set[str]]] = [
     ("entry points", {"__init__", "cli", "flower", "testing"}),
     ("composition root", {"extension"}),
-    # The per-message path a worker runs. task, lifecycle and undeliverable become
-    # delivery/ and intake when those slices merge: delete the old names then.
-    ("delivery pipeline", {"delivery", "intake", "task", "lifecycle", "undeliverable"}),
+    # The per-message path a worker runs. lifecycle and undeliverable become delivery/ and
+    # intake (+ intake_messages) when those slices merge: delete the old names then.
+    (
+        "delivery pipeline",
+        {"task", "delivery", "intake", "intake_messages", "lifecycle", "undeliverable"},
+    ),
     (
         "services",
         {

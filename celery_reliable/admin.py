@@ -22,7 +22,10 @@ from .store.base import Status
 from .store.outbox_rows import PENDING, POISONED
 
 if TYPE_CHECKING:
-    from .extension import Reliable
+    from .metrics import Metrics
+    from .store.base import InboxStore
+    from .store.database import Database
+    from .store.tables import Tables
 
 logger = logging.getLogger(__name__)
 
@@ -45,14 +48,19 @@ class OutboxStats:
 class Admin:
     """``reliable.admin``: stats, poisoned rows and manual retries."""
 
-    def __init__(self, reliable: Reliable) -> None:
-        self.reliable = reliable
+    def __init__(
+        self, database: Database, tables: Tables, store: InboxStore, metrics: Metrics
+    ) -> None:
+        self.database = database
+        self.tables = tables
+        self.store = store  # lifts the quarantine the inbox's own way (new version)
+        self.metrics = metrics  # counts manual retries
 
     # -- outbox -----------------------------------------------------------------------------
 
     def outbox_stats(self) -> OutboxStats:
-        t, now = self.reliable.tables.outbox, utcnow()
-        with self.reliable.database.engine.connect() as conn:
+        t, now = self.tables.outbox, utcnow()
+        with self.database.engine.connect() as conn:
             counts: dict[str, int] = dict(
                 conn.execute(select(t.c.status, func.count()).group_by(t.c.status)).all()
             )
@@ -72,7 +80,7 @@ class Admin:
     def outbox_rows(self, *, poisoned: bool, limit: int = 50) -> list[dict[str, Any]]:
         """Poisoned rows, or pending ones (oldest first)."""
         require_count(limit, "limit")
-        t = self.reliable.tables.outbox
+        t = self.tables.outbox
         query = (
             select(
                 t.c.id,
@@ -88,13 +96,13 @@ class Admin:
             .order_by(t.c.id)
             .limit(limit)
         )
-        with self.reliable.database.engine.connect() as conn:
+        with self.database.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     def retry_outbox(self, ids: Sequence[int]) -> int:
         """Send poisoned outbox rows again: pending, no attempts, due now. All or nothing."""
-        t = self.reliable.tables.outbox
-        with self.reliable.database.engine.begin() as conn:
+        t = self.tables.outbox
+        with self.database.engine.begin() as conn:
             found = conn.execute(
                 select(t.c.id, t.c.last_error)
                 .where(t.c.id.in_(ids))
@@ -118,15 +126,15 @@ class Admin:
             )
         for row in found:
             logger.warning("outbox row %s retried by hand (last error: %s)", row.id, row.last_error)
-        self.reliable.metrics.manual_retries.add(len(found), {"kind": "outbox"})
+        self.metrics.manual_retries.add(len(found), {"kind": "outbox"})
         return len(found)
 
     # -- inbox ------------------------------------------------------------------------------
 
     def inbox_stats(self) -> dict[str, int]:
         """Inbox marks by status."""
-        t = self.reliable.tables.inbox_status
-        with self.reliable.database.engine.connect() as conn:
+        t = self.tables.inbox_status
+        with self.database.engine.connect() as conn:
             counts: dict[str, int] = dict(
                 conn.execute(select(t.c.status, func.count()).group_by(t.c.status)).all()
             )
@@ -135,14 +143,14 @@ class Admin:
     def inbox_marks(self, status: Status, *, limit: int = 50) -> list[dict[str, Any]]:
         """The (message id, handler key) marks in ``status``, by message id."""
         require_count(limit, "limit")
-        t = self.reliable.tables.inbox_status
+        t = self.tables.inbox_status
         query = (
             select(t.c.message_id, t.c.handler_key, t.c.status, t.c.attempts, t.c.last_error)
             .where(t.c.status == Status(status).value)
             .order_by(t.c.message_id, t.c.handler_key)
             .limit(limit)
         )
-        with self.reliable.database.engine.connect() as conn:
+        with self.database.engine.connect() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     def retry_inbox(self, message_ids: Sequence[str], handler_key: str | None = None) -> int:
@@ -151,19 +159,19 @@ class Admin:
         This does not send anything: a message that is not on the broker any more comes
         back through ``dlq replay`` (which lifts the quarantine itself). All or nothing.
         """
-        t = self.reliable.tables.inbox_status
+        t = self.tables.inbox_status
         where = [t.c.message_id.in_(message_ids), t.c.status == Status.POISONED.value]
         if handler_key is not None:
             where.append(t.c.handler_key == handler_key)
-        with self.reliable.database.engine.begin() as conn:
+        with self.database.engine.begin() as conn:
             found = conn.execute(
                 select(t.c.message_id, t.c.handler_key).where(*where).with_for_update()
             ).all()
             missing = sorted(set(message_ids) - {row.message_id for row in found})
             if missing:
                 raise InvalidArgument(f"not quarantined in the inbox: {', '.join(missing)}")
-            self.reliable.store.lift_quarantine(message_ids, handler_key, connection=conn)
+            self.store.lift_quarantine(message_ids, handler_key, connection=conn)
         for message_id, key in found:
             logger.warning("inbox mark %s / %s retried by hand", message_id, key)
-        self.reliable.metrics.manual_retries.add(len(found), {"kind": "inbox"})
+        self.metrics.manual_retries.add(len(found), {"kind": "inbox"})
         return len(found)

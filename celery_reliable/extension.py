@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -45,8 +44,6 @@ if TYPE_CHECKING:
     from .locks import LockProvider
 
 _ATTRIBUTE = EXTENSION_ATTRIBUTE
-#: Extensions by app name, for what travels without the app object (beat's shelve).
-_BY_NAME: weakref.WeakValueDictionary[str, Reliable] = weakref.WeakValueDictionary()
 logger = logging.getLogger(__name__)
 
 
@@ -72,7 +69,6 @@ class Reliable:
             )
         self.app = app
         self._checked = False
-        _BY_NAME[app.main or ""] = self
         #: ``reliable.retry_policies["name"] = RetryPolicy...``; "default" is used by tasks
         #: that name no policy.
         self.retry_policies = RetryPolicies()
@@ -83,7 +79,7 @@ class Reliable:
         app.steps["worker"].add(_RelayInWorker)
         app.steps["consumer"].add(_ReleaseOnColdShutdown)
         app.steps["consumer"].add(DeadLetterIntake)
-        schedule.install(self)
+        schedule.install(app, self)
         task_received.connect(self._on_received, weak=False)
 
     def _on_received(self, sender: Any = None, request: Any = None, **_: Any) -> None:
@@ -105,14 +101,6 @@ class Reliable:
                 "where the app is created"
             )
         return reliable  # type: ignore[no-any-return]
-
-    @classmethod
-    def named(cls, name: str) -> Reliable:
-        """The extension of the app called ``name`` in this process."""
-        reliable = _BY_NAME.get(name)
-        if reliable is None:
-            raise ConfigurationError(f"no app named {name!r} with a celery_reliable extension")
-        return reliable
 
     @cached_property
     def settings(self) -> Settings:
@@ -202,22 +190,44 @@ class Reliable:
     @cached_property
     def admin(self) -> Admin:
         """Outbox and inbox stats, poisoned rows, manual retries (the CLI's backend)."""
-        return Admin(self)
+        return Admin(self.database, self.tables, self.store, self.metrics)
 
     @cached_property
     def metrics(self) -> Metrics:
         """OpenTelemetry instruments (meter ``celery_reliable``; no-ops without an SDK)."""
-        return Metrics(self)
+        return Metrics(
+            self.app.main,
+            outbox_stats=lambda: self.admin.outbox_stats(),
+            inbox_stats=lambda: self.admin.inbox_stats(),
+            dead_letter_depth=lambda: self.dead_letters.count(replayed=False),
+        )
 
     @cached_property
     def health(self) -> Health:
         """Readiness and liveness checks (``celery reliable health``)."""
-        return Health(self)
+        return Health(
+            self.app.main,
+            self.settings,
+            self.database,
+            broker=self.app.connection_for_write,
+            outbox_stats=self.admin.outbox_stats,
+            dead_letter_depth=lambda: self.dead_letters.count(replayed=False),
+        )
 
     @cached_property
     def maintenance(self) -> Maintenance:
         """Retention cleanup and stuck recovery (beat runs them; so does the CLI)."""
-        return Maintenance(self)
+        from .task import ReliableTask
+
+        app = self.app
+        return Maintenance(
+            app.main,
+            self.settings,
+            self.database,
+            self.tables,
+            locks=lambda: self.locks,
+            reliable_tasks=lambda: [n for n, t in app.tasks.items() if isinstance(t, ReliableTask)],
+        )
 
     @cached_property
     def locks(self) -> LockProvider:

@@ -33,7 +33,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import text
 
 if TYPE_CHECKING:
-    from .extension import Reliable
+    from kombu.connection import Connection
+
+    from .admin import OutboxStats
+    from .settings import Settings
+    from .store.database import Database
 
 OK, DEGRADED, UNHEALTHY = "ok", "degraded", "unhealthy"
 CHECK_TIMEOUT = 5.0
@@ -113,11 +117,28 @@ class Heartbeat:
 class Health:
     """``reliable.health``: the checks behind ``celery reliable health``."""
 
-    def __init__(self, reliable: Reliable) -> None:
-        self.reliable = reliable
-        settings = reliable.settings
+    def __init__(
+        self,
+        app_name: str | None,
+        settings: Settings,
+        database: Database,
+        *,
+        broker: Callable[[], Connection],
+        outbox_stats: Callable[[], OutboxStats],
+        dead_letter_depth: Callable[[], int],
+    ) -> None:
+        """``broker`` opens a connection for writing; the two queries run at each readiness probe.
+
+        The app name and the table prefix name the heartbeat file, so two apps (or two stores
+        of one app) on a host keep separate ones.
+        """
+        self.settings = settings
+        self.database = database
+        self._connect = broker
+        self._outbox_stats = outbox_stats
+        self._dead_letter_depth = dead_letter_depth
         directory = Path(settings.health_directory or tempfile.gettempdir())
-        name = f"celery-reliable-{reliable.app.main}-{settings.table_prefix}relay.heartbeat"
+        name = f"celery-reliable-{app_name}-{settings.table_prefix}relay.heartbeat"
         self.relay_heartbeat = Heartbeat(directory / name.replace(os.sep, "_"))
 
     def liveness(self) -> HealthReport:
@@ -147,25 +168,25 @@ class Health:
         return Check(name, status, detail)
 
     def _store(self) -> tuple[str, str]:
-        with self.reliable.database.engine.connect() as conn:
+        with self.database.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
-        return OK, self.reliable.database.url.render_as_string(hide_password=True)
+        return OK, self.database.url.render_as_string(hide_password=True)
 
     def _broker(self) -> tuple[str, str]:
-        with self.reliable.app.connection_for_write() as conn:
+        with self._connect() as conn:
             conn.ensure_connection(max_retries=1, timeout=CHECK_TIMEOUT)
             return OK, conn.as_uri()
 
     def _outbox(self) -> tuple[str, str]:
-        age = self.reliable.admin.outbox_stats().oldest_due_age
-        limit = self.reliable.settings.unhealthy_after
+        age = self._outbox_stats().oldest_due_age
+        limit = self.settings.unhealthy_after
         if age is not None and age > limit:
             return UNHEALTHY, f"a due message has waited {age} (more than {limit}): no relay?"
         return OK, "draining" if age is not None else "nothing due"
 
     def _relay_loop(self) -> tuple[str, str]:
         age = self.relay_heartbeat.age()
-        limit = self.reliable.settings.unhealthy_after.total_seconds()
+        limit = self.settings.unhealthy_after.total_seconds()
         if age is None:
             return OK, "no relay runs on this host"
         if age > limit:
@@ -176,8 +197,8 @@ class Health:
         return OK, f"relay loop ran {age:.1f}s ago"
 
     def _dead_letters(self) -> tuple[str, str]:
-        waiting = self.reliable.dead_letters.count(replayed=False)
-        limit = self.reliable.settings.dead_letter_degraded_depth
+        waiting = self._dead_letter_depth()
+        limit = self.settings.dead_letter_degraded_depth
         if waiting > limit:
             return DEGRADED, f"{waiting} dead letters await review (more than {limit})"
         return OK, f"{waiting} dead letters await review"

@@ -11,7 +11,7 @@ between batches. Poisoned rows are never deleted automatically: they wait for a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -23,7 +23,10 @@ from .store.base import Status
 from .store.outbox_rows import PENDING, SENT
 
 if TYPE_CHECKING:
-    from .extension import Reliable
+    from .locks import LockProvider
+    from .settings import Settings
+    from .store.database import Database
+    from .store.tables import Tables
 
 logger = logging.getLogger(__name__)
 
@@ -46,17 +49,35 @@ class Report:
 class Maintenance:
     """``reliable.maintenance``: the jobs behind ``celery reliable cleanup|recover-stuck``."""
 
-    def __init__(self, reliable: Reliable) -> None:
-        self.reliable = reliable
+    def __init__(
+        self,
+        app_name: str | None,
+        settings: Settings,
+        database: Database,
+        tables: Tables,
+        *,
+        locks: Callable[[], LockProvider],
+        reliable_tasks: Callable[[], Iterable[str]],
+    ) -> None:
+        """``locks`` is called when a locked job runs: a lock provider named in the settings
+        is built (and refused when misconfigured) only by what needs one. ``reliable_tasks``
+        names the app's ReliableTasks, read when a run needs them (tasks register late).
+        """
+        self.app_name = app_name
+        self.settings = settings
+        self.database = database
+        self.tables = tables
+        self._locks = locks
+        self._reliable_tasks = reliable_tasks
 
     def lock_name(self, job: str) -> str:
         """One lock per app, store and job; ``reliable_lock_namespace`` overrides the first part."""
-        settings = self.reliable.settings
-        namespace = settings.lock_namespace or f"{self.reliable.app.main}:{settings.table_prefix}"
+        settings = self.settings
+        namespace = settings.lock_namespace or f"{self.app_name}:{settings.table_prefix}"
         return f"{namespace}:{job}"
 
     def _locked(self, job: str, work: Callable[[Callable[[], None]], Report]) -> Report:
-        lock = self.reliable.locks.lock(self.lock_name(job), ttl=LOCK_TTL)
+        lock = self._locks().lock(self.lock_name(job), ttl=LOCK_TTL)
         with lock as held:
             if not held:
                 logger.info("%s skipped: another instance holds %s", job, lock.name)
@@ -86,7 +107,7 @@ class Maintenance:
         check: Callable[[], None],
         progress: Callable[[int], None] | None,
     ) -> Report:
-        settings, tables, now = self.reliable.settings, self.reliable.tables, utcnow()
+        settings, tables, now = self.settings, self.tables, utcnow()
         report = Report()
         targets: list[tuple[str, Table, timedelta | None, Callable[[datetime], Any]]] = [
             (
@@ -137,7 +158,7 @@ class Maintenance:
         return report
 
     def _count(self, table: Table, where: ColumnElement[bool]) -> int:
-        with self.reliable.database.engine.connect() as conn:
+        with self.database.engine.connect() as conn:
             return int(conn.scalar(select(func.count()).select_from(table).where(where)) or 0)
 
     def delete_in_batches(
@@ -153,8 +174,8 @@ class Maintenance:
         and MariaDB take ``DELETE ... LIMIT`` (they refuse a subquery on the table being
         deleted from); PostgreSQL and SQLite delete by key from a limited subquery.
         """
-        batch = self.reliable.settings.cleanup_batch_size
-        if self.reliable.database.dialect in ("mysql", "mariadb"):
+        batch = self.settings.cleanup_batch_size
+        if self.database.dialect in ("mysql", "mariadb"):
             statement = delete(table).where(where)
             statement = statement.with_dialect_options(mysql_limit=batch, mariadb_limit=batch)
         else:
@@ -163,7 +184,7 @@ class Maintenance:
         deleted = 0
         while True:
             check()
-            with self.reliable.database.engine.begin() as conn:
+            with self.database.engine.begin() as conn:
                 count = int(conn.execute(statement).rowcount)
             deleted += count
             if progress is not None:
@@ -188,7 +209,7 @@ class Maintenance:
           sent outbox messages to a ReliableTask that no inbox has seen for that long are
           published again (see :meth:`redeliver_unseen`).
         """
-        unseen = redeliver_unseen_after or self.reliable.settings.outbox_redeliver_unseen_after
+        unseen = redeliver_unseen_after or self.settings.outbox_redeliver_unseen_after
         if locked:
             return self._locked("recover-stuck", lambda check: self._recover(unseen))
         return self._recover(unseen)
@@ -209,14 +230,10 @@ class Maintenance:
           ever record it, and each copy would add a dead letter;
         - a message already published again ``reliable_outbox_max_redeliveries`` times.
         """
-        from .task import ReliableTask
-
-        reliable_names = [
-            name for name, task in self.reliable.app.tasks.items() if isinstance(task, ReliableTask)
-        ]
+        reliable_names = list(self._reliable_tasks())
         if not reliable_names:
             return 0
-        settings, tables, now = self.reliable.settings, self.reliable.tables, utcnow()
+        settings, tables, now = self.settings, self.tables, utcnow()
         outbox, seen, dead = tables.outbox, tables.inbox_message, tables.dead_letter
         unseen = (
             select(outbox.c.id, outbox.c.message_id, outbox.c.redeliveries)
@@ -230,7 +247,7 @@ class Maintenance:
         )
         if settings.inbox_retention is not None:
             unseen = unseen.where(outbox.c.created_at > now - settings.inbox_retention)
-        with self.reliable.database.engine.begin() as conn:
+        with self.database.engine.begin() as conn:
             rows = conn.execute(unseen).all()
             if rows:
                 conn.execute(
@@ -263,11 +280,11 @@ class Maintenance:
         return len(rows)
 
     def _recover(self, unseen_after: timedelta | None) -> Report:
-        tables = self.reliable.tables
+        tables = self.tables
         now = utcnow()
-        stale = now - self.reliable.settings.stuck_threshold
+        stale = now - self.settings.stuck_threshold
         outbox, status = tables.outbox, tables.inbox_status
-        with self.reliable.database.engine.begin() as conn:
+        with self.database.engine.begin() as conn:
             released = conn.execute(
                 update(outbox)
                 .where(outbox.c.status == PENDING)

@@ -9,20 +9,42 @@ off. The entries are ordinary ``beat_schedule`` entries: re-time or drop them th
 
 from __future__ import annotations
 
+import weakref
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from celery import Celery
 from celery.schedules import schedstate, schedule
 
+from .exceptions import ConfigurationError
+
 if TYPE_CHECKING:
-    from .extension import Reliable
+    from .maintenance import Maintenance
+    from .settings import Settings
 
 CLEANUP_TASK = "celery_reliable.cleanup"
 RECOVER_TASK = "celery_reliable.recover_stuck"
 _OFF = timedelta(hours=1)  # how often beat looks again at a switched-off entry
 #: When this process's beat first evaluated each (app name, setting) entry.
 _FIRST_LOOKS: dict[tuple[str | None, str], datetime] = {}
+
+
+class Scheduled(Protocol):
+    """What the tasks and entries need of an app's extension, read when they run.
+
+    Both are read late on purpose: settings may be filled in after ``Reliable(app)``.
+    """
+
+    @property
+    def settings(self) -> Settings: ...
+
+    @property
+    def maintenance(self) -> Maintenance: ...
+
+
+#: The installed extensions by app name, for the entries that travel without their app
+#: (beat's shelve); weak, so an app that goes away takes its extension with it.
+_BY_NAME: weakref.WeakValueDictionary[str, Scheduled] = weakref.WeakValueDictionary()
 
 
 class SettingSchedule(schedule):  # type: ignore[misc]
@@ -35,21 +57,22 @@ class SettingSchedule(schedule):  # type: ignore[misc]
         self.app_name = app_name or (app.main if app is not None else None)
         super().__init__(run_every=_OFF, app=app)
 
-    def _reliable(self) -> Reliable:
-        """The extension of the app this entry belongs to.
+    def _settings(self) -> Settings:
+        """The settings of the app this entry belongs to, found by the app's name.
 
         Beat keeps entries in a shelve, and an unpickled schedule has no app (beat would
         fall back to ``current_app``, which may be another app): the app's name travels
-        with the entry instead.
+        with the entry instead, and every entry goes by it, unpickled or not (so two apps
+        of one name in one process share the last one's settings).
         """
-        from .extension import Reliable
-
-        if self._app is None and self.app_name is not None:
-            return Reliable.named(self.app_name)
-        return Reliable.of(self.app)
+        name = self.app_name if self.app_name is not None else self.app.main
+        installed = _BY_NAME.get(name or "")
+        if installed is None:
+            raise ConfigurationError(f"no app named {name!r} with a celery_reliable extension")
+        return installed.settings
 
     def _interval(self) -> timedelta | None:
-        value: timedelta | None = getattr(self._reliable().settings, self.setting)
+        value: timedelta | None = getattr(self._settings(), self.setting)
         return value
 
     def is_due(self, last_run_at: datetime) -> schedstate:
@@ -67,7 +90,7 @@ class SettingSchedule(schedule):  # type: ignore[misc]
         key = (self.app_name, self.setting)
         first_look = _FIRST_LOOKS.setdefault(key, self.now())
         if (
-            not self._reliable().settings.maintenance_first_run_waits
+            not self._settings().maintenance_first_run_waits
             and self.maybe_make_aware(last_run_at) < first_look
         ):
             return schedstate(True, interval.total_seconds())
@@ -89,9 +112,9 @@ class SettingSchedule(schedule):  # type: ignore[misc]
         return hash((self.setting, self.app_name))
 
 
-def install(reliable: Reliable) -> None:
-    """Register the maintenance tasks on the app and add their beat entries."""
-    app = reliable.app
+def install(app: Celery, reliable: Scheduled) -> None:
+    """Register the maintenance tasks on ``app`` and add their beat entries."""
+    _BY_NAME[app.main or ""] = reliable
 
     def cleanup() -> dict[str, int]:
         """Retention cleanup (see celery_reliable.maintenance)."""

@@ -58,6 +58,20 @@ def database() -> Iterator[str]:
     admin.dispose()
 
 
+@pytest.fixture(autouse=True)
+def _shared_tasks_stay_here() -> Iterator[None]:
+    """Forget the tasks the docs' modules declare once the test is done.
+
+    ``@app.task`` is shared by default: Celery adds it to every app finalized later in the
+    process, where it would name retry policies that app never registered.
+    """
+    from celery import _state
+
+    before = set(_state._on_app_finalizers)
+    yield
+    _state._on_app_finalizers.intersection_update(before)
+
+
 def blocks(page: Path, language: str) -> list[str]:
     return re.findall(rf"```{language}\n(.*?)```", page.read_text(), re.DOTALL)
 

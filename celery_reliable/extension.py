@@ -199,7 +199,7 @@ class Reliable:
             self.app.main,
             outbox_stats=lambda: self.admin.outbox_stats(),
             inbox_stats=lambda: self.admin.inbox_stats(),
-            dead_letter_depth=lambda: self.dead_letters.count(replayed=False),
+            dead_letter_depth=lambda: self.dead_letters.depth(),
         )
 
     @cached_property
@@ -211,14 +211,12 @@ class Reliable:
             self.database,
             broker=self.app.connection_for_write,
             outbox_stats=self.admin.outbox_stats,
-            dead_letter_depth=lambda: self.dead_letters.count(replayed=False),
+            dead_letter_depth=lambda: self.dead_letters.depth(),
         )
 
     @cached_property
     def maintenance(self) -> Maintenance:
         """Retention cleanup and stuck recovery (beat runs them; so does the CLI)."""
-        from .task import ReliableTask
-
         app = self.app
         return Maintenance(
             app.main,

@@ -47,6 +47,11 @@ class ReliableTask(Task):  # type: ignore[misc]
 
     acks_late = True
     reject_on_worker_lost = True
+    #: A failure that reaches Celery is final here (a dead letter is already kept, or the
+    #: effects are committed): acknowledge it whatever ``task_acks_on_failure_or_timeout``
+    #: says, or a broker dead-letter exchange would get a second copy. Time limits keep
+    #: Celery's setting (``acks_on_timeout``).
+    acks_on_failure = True
     handler_key: str | None = None
     legacy_handler_keys: tuple[str, ...] = ()
     retry_policy: str | RetryPolicy | None = None

@@ -1,11 +1,18 @@
 """Performing a decision: each way a delivery ends, as an exception for the caller to raise.
 
-Every method returns the exception that ends the delivery (``Ignore``, Celery's ``Retry``,
-``Reject(requeue=True)`` when the message could not be handed on, or the body's own
-exception) and the pipeline raises it where the reader sees it: ``raise
+Every method returns the exception that ends the delivery (``DeadLettered``, ``Ignore``,
+Celery's ``Retry``, ``Reject(requeue=True)`` when the message could not be handed on, or
+the body's own exception) and the pipeline raises it where the reader sees it: ``raise
 outcomes.deferred(run, ...)``. The order inside each is the guarantee: a copy is published
 (or a dead letter committed) before this delivery ends and is acknowledged, so at every
-moment the message exists somewhere.
+moment the message exists somewhere. A duplicate is the one ending that is not an
+exception: :meth:`Outcomes.duplicate` returns the first run's result for Celery to store.
+
+The ends a caller waits for are Celery's own, so ``.get()``, errbacks, chains and chords
+work as on plain Celery: a dead letter is a ``FAILURE`` whose exception is
+``DeadLettered``, a duplicate a ``SUCCESS`` with the original result. Flower still shows
+``DEAD_LETTERED`` / ``DUPLICATE``: each also sends its ``task-<state>`` event, which
+:mod:`celery_reliable.flower.events` ranks above Celery's.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from celery_reliable.dead_lettered import DeadLettered
 from celery_reliable.dead_letters.types import DeadLetterReason, FailedMessage
 from celery_reliable.exceptions import LostOwnership, ReliableError
 from celery_reliable.inbox import Inbox
@@ -90,8 +98,6 @@ class Outcomes:
             assert exc is not None
             self.record_failure(run, exc)
         action = decision.action
-        if action is Action.DUPLICATE:
-            return self.duplicate(run)
         if action is Action.DEFER:
             return self.deferred(
                 run,
@@ -112,7 +118,8 @@ class Outcomes:
             return self.quarantined(run)
         if action is Action.LOST:
             return self.lost(run)
-        assert action in (Action.REQUEUE, Action.PASS), action  # RUN ends nothing
+        # RUN ends nothing; DUPLICATE ends with a result, not an exception (``duplicate``).
+        assert action in (Action.REQUEUE, Action.PASS), action
         assert exc is not None
         return exc  # raised as it is: Celery (or the broker) handles it
 
@@ -245,19 +252,31 @@ class Outcomes:
             self.dead_letters.check_alert()
         except Exception:
             logger.warning("dead-letter alert check failed", exc_info=True)
-        meta = {
-            "dead_letter_id": entry_id,
-            "reason": reason.value,
-            "detector": detector,
-            "exc_type": type(exc).__name__ if exc is not None else None,
-            "exc_message": str(exc) if exc is not None else detail,
-        }
         run.outcome = Outcome.DEAD_LETTERED
-        _announce(run, DEAD_LETTERED, meta)
-        return _ignored()
+        logger.warning(
+            "message %s (%s) dead-lettered as %s: entry %s",
+            run.message_id,
+            run.task.name,
+            reason.value,
+            entry_id,
+        )
+        _event(
+            run,
+            DEAD_LETTERED,
+            dead_letter_id=entry_id,
+            reason=reason.value,
+            detector=detector,
+            exc_type=type(exc).__name__ if exc is not None else None,
+            exc_message=str(exc) if exc is not None else detail,
+        )
+        return DeadLettered.of(reason.value, entry_id, exc, detail)
 
     def quarantined(self, run: Run) -> BaseException:
-        """Another copy of a message that was already dead-lettered: it stays dead."""
+        """Another copy of a message that was already dead-lettered: it stays dead.
+
+        It fails as the dead letter did (``DeadLettered``), without the entry id: finding
+        it would cost a search of the dead letters on every such copy.
+        """
         assert run.claim is not None
         logger.warning(
             "message %s (%s) is quarantined; this copy is not run",
@@ -265,25 +284,27 @@ class Outcomes:
             run.claim.handler_key,
         )
         run.outcome = Outcome.DEAD_LETTERED
-        _announce(run, DEAD_LETTERED, {"reason": "already dead-lettered", "dead_letter_id": None})
-        return _ignored()
+        detail = "a copy of a message already dead-lettered"
+        _event(run, DEAD_LETTERED, reason=DeadLetterReason.POISON_MESSAGE.value, detail=detail)
+        return DeadLettered.of(DeadLetterReason.POISON_MESSAGE.value, None, None, detail)
 
-    def duplicate(self, run: Run) -> BaseException:
-        """Completed before: end in state DUPLICATE with the first run's result."""
+    def duplicate(self, run: Run) -> Any:
+        """Completed before: the first run's result, for Celery to store as this SUCCESS.
+
+        Returned, not raised, so Celery goes on as after a run: a chain's next step, a
+        chord part counted, ``link`` callbacks. Flower sees the ``task-duplicate`` event.
+        """
         claim = run.claim
         assert claim is not None
         run.outcome = Outcome.DUPLICATE
         logger.info(
-            "message %s (%s) already processed: skipped", claim.message_id, claim.handler_key
+            "message %s (%s) already processed: skipped, returning its stored result",
+            claim.message_id,
+            claim.handler_key,
         )
-        _announce(
-            run,
-            DUPLICATE,
-            self.inbox.decode_result(claim.result),
-            message_id=claim.message_id,
-            handler_key=claim.handler_key,
-        )
-        return _ignored()
+        result = self.inbox.decode_result(claim.result)
+        _event(run, DUPLICATE, message_id=claim.message_id, handler_key=claim.handler_key)
+        return result
 
     def lost(self, run: Run) -> BaseException:
         """Another delivery took the claim over: its run finishes the message."""
@@ -315,23 +336,10 @@ def _caused_by(exc: BaseException, cause: BaseException | None) -> BaseException
     return exc
 
 
-def _announce(run: Run, state: str, meta: Any, **event_fields: Any) -> None:
-    """Set the custom state in the result backend and tell Flower (a task-<state> event).
-
-    The task then ends with Ignore, which sends no task-succeeded/failed event that would
-    override the state in Flower.
-    """
-    task, request = run.task, run.request
-    announce(
-        task.backend,
-        request.id,
-        state,
-        meta,
-        send_event=task.send_event,
-        store=not request.ignore_result,
-        request=request,
-        event_fields=event_fields,
-    )
+def _event(run: Run, state: str, **fields: Any) -> None:
+    """Tell Flower (a ``task-<state>`` event); the backend keeps Celery's own state."""
+    task = run.task
+    announce(task.backend, run.request.id, state, fields, send_event=task.send_event, store=False)
 
 
 def _plain(delivery_info: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -4,13 +4,14 @@ The completion mark commits in the same transaction as the body's writes made th
 ``self.transaction()``. Deliveries that must not run the body end without touching what
 another delivery owns:
 
-- ``DUPLICATE`` state with the original result, when the message was already completed;
+- the original result, returned as this run's (Celery's ``SUCCESS``), when the message was
+  already completed;
 - a deferred copy (same message id, published with a delay), when a live delivery holds
   the claim or the store is unreachable: this copy may be the only one left, so it is
   never dropped;
 - the failure lifecycle when the body raised, an open circuit breaker holds the message
-  back, or the message is poison: a retry (state ``RETRY``) or a dead letter (state
-  ``DEAD_LETTERED``).
+  back, or the message is poison: a retry (state ``RETRY``) or a dead letter (Celery's
+  ``FAILURE`` with a ``DeadLettered`` exception).
 
 What happens is decided in :mod:`.decide` and performed by :mod:`.outcomes`; this module
 only sequences the steps. Its collaborators are handed in by ``Reliable`` (the extension
@@ -128,9 +129,7 @@ class Pipeline:
         started = time.monotonic()
         self.metrics.record_start(task, headers)
         try:
-            result = self._run(run)
-            run.outcome = Outcome.COMPLETED
-            return result
+            return self._run(run)
         finally:
             self.metrics.record_delivery(task, run.outcome.value, time.monotonic() - started)
 
@@ -155,6 +154,8 @@ class Pipeline:
         decision = decide_claim(
             claim, open_breaker=run.options.circuit_breaker if held_back else None
         )
+        if decision.action is Action.DUPLICATE:
+            return self.outcomes.duplicate(run)
         if decision.action is not Action.RUN:
             raise self.outcomes.perform(run, decision)
         if claim.attempts > 1:  # a message that comes back may have become poison meanwhile
@@ -173,6 +174,7 @@ class Pipeline:
         else:
             if admission is not None:
                 self.breakers.record_success(admission.name, admission)
+            run.outcome = Outcome.COMPLETED
             return result
         raise ending
 

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from celery import Task
+from celery.exceptions import Reject, Retry
 from sqlalchemy.orm import Session
 
 from .delivery import Binding
@@ -77,6 +78,23 @@ class ReliableTask(Task):  # type: ignore[misc]
             return super().__call__(*args, **kwargs)
         binding = self.reliable_binding()
         return binding.pipeline.deliver(self, binding.options, request, args, kwargs)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``retry``, counting as Celery does; when Celery gives up, dead-letter.
+
+        Past ``max_retries`` Celery raises ``MaxRetriesExceededError`` (or re-raises the
+        body's exception): the run then ends as a dead letter with ``MaxRetriesExceeded`` at
+        once, not retried again by the task's retry policy. ``autoretry_for`` calls this too.
+        """
+        try:
+            return super().retry(*args, **kwargs)
+        except (Retry, Reject):  # retried, or the retry could not be sent: Celery's ways
+            raise
+        except Exception:
+            run = getattr(self.request, "reliable_run", None)
+            if run is not None:
+                run.gave_up_retrying = True
+            raise
 
     @property
     def message_id(self) -> str | None:

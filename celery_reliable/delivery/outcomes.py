@@ -28,7 +28,7 @@ from sqlalchemy.exc import DBAPIError
 
 from celery_reliable.dead_lettered import DeadLettered
 from celery_reliable.dead_letters.types import DeadLetterReason, FailedMessage
-from celery_reliable.exceptions import LostOwnership, ReliableError
+from celery_reliable.exceptions import LostOwnership, StoreUnavailable
 from celery_reliable.inbox import Inbox
 from celery_reliable.message import (
     DEFERRALS_HEADER,
@@ -140,15 +140,17 @@ class Outcomes:
         Short delays wait on the broker (Celery's countdown). Longer ones wait in the
         store, from where the relay publishes them when due: a Redis queue would hand an
         unacknowledged countdown message to another worker after its visibility timeout.
+        Run eagerly (``apply()``), the Retry carries the copy and Celery's ``apply`` runs it
+        at once, as it does for an eager ``self.retry()``: no delay, no broker.
         """
-        if run.eager:
-            return _retry(reason, exc, delay)
         run.outcome = Outcome.RETRY
         request = run.request
         headers = {**(request.headers or {}), SENT_AT_HEADER: time.time() + delay}
         signature = run.task.signature_from_request(
             request, run.args, run.kwargs, retries=(request.retries or 0) + 1, headers=headers
         )
+        if run.eager:
+            return _retry(reason, exc, delay, eager_copy=signature)
         try:
             if delay <= self.settings.retry_max_broker_delay.total_seconds():
                 signature.apply_async(countdown=delay)
@@ -182,7 +184,7 @@ class Outcomes:
         run.outcome = Outcome.DEFERRED
         request = run.request
         if run.eager:  # no broker to come back through: say why instead of recursing
-            return ReliableError(f"message {request.id} cannot run now ({reason})")
+            return StoreUnavailable(f"message {request.id} cannot run now ({reason})")
         headers = dict(request.headers or {})
         deferrals = count_header(headers.get(DEFERRALS_HEADER)) + 1
         headers[DEFERRALS_HEADER] = deferrals
@@ -323,9 +325,13 @@ def _ignored() -> BaseException:
     return ignore
 
 
-def _retry(reason: str, exc: BaseException | None, delay: float) -> BaseException:
-    """Celery's Retry: the task ends in state RETRY (its copy is already on its way)."""
-    retry: BaseException = Retry(reason, exc=exc, when=delay)
+def _retry(
+    reason: str, exc: BaseException | None, delay: float, *, eager_copy: Any = None
+) -> BaseException:
+    """Celery's Retry: the task ends in state RETRY (its copy is already on its way, or is
+    ``eager_copy``, which an eager ``apply()`` runs next)."""
+    eager = eager_copy is not None
+    retry: BaseException = Retry(reason, exc=exc, when=delay, is_eager=eager, sig=eager_copy)
     return retry
 
 

@@ -217,7 +217,9 @@ class Pipeline:
         """The exception that ends a run whose body (or completion) raised ``exc``."""
         claim = run.claim
         assert claim is not None
-        failure = failure_of(exc, classifier=self.classifier, options=run.options)
+        failure = failure_of(
+            exc, classifier=self.classifier, options=run.options, gave_up=run.gave_up_retrying
+        )
         consulted = not run.completed and failure.cause.consults_detectors
         if admission is not None and not run.completed and failure.cause.is_body_error:
             self.breakers.record_failure(admission.name, exc, admission)
@@ -227,7 +229,7 @@ class Pipeline:
             committed=run.completed,
             verdict=self._judge(run, exc) if consulted else None,
             policy=run.options.retry_policy,
-            max_attempts=self.settings.max_attempts,
+            explicit_policy=run.options.explicit_policy,
         )
         return self.outcomes.perform(run, decision, exc)
 

@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from celery import Task
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy.orm import Session
 
 from .delivery import Binding
@@ -72,10 +72,24 @@ class ReliableTask(Task):  # type: ignore[misc]
             options["headers"] = {**headers, SENT_AT_HEADER: time.time()}
         return super().apply_async(args, kwargs, *a, **options)
 
+    @classmethod
+    def bind(cls, app: Any) -> Any:
+        """Celery's built-in tasks (``celery.*``) keep Celery's own acknowledgement settings.
+
+        With ``task_cls="celery_reliable:ReliableTask"`` they are made from this class too;
+        they are Celery's machinery (``chord_unlock`` polls with ``self.retry``), not
+        messages of the application, so they stay plain tasks (see ``__call__``).
+        """
+        if _builtin(cls.name):
+            for attribute in ("acks_late", "reject_on_worker_lost", "acks_on_failure"):
+                if attribute not in cls.__dict__:
+                    setattr(cls, attribute, None)  # Celery fills it from the app's settings
+        return super().bind(app)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request_stack.top
-        if request is None or request.id is None:  # called as a function, not a message
-            return super().__call__(*args, **kwargs)
+        if request is None or request.id is None or _builtin(self.name):
+            return super().__call__(*args, **kwargs)  # not a message, or Celery's own task
         binding = self.reliable_binding()
         return binding.pipeline.deliver(self, binding.options, request, args, kwargs)
 
@@ -96,6 +110,20 @@ class ReliableTask(Task):  # type: ignore[misc]
                 run.gave_up_retrying = True
             raise
 
+    def on_replace(self, sig: Any) -> Any:
+        """``replace()``: send the replacement, then end this run as done by replacement.
+
+        The replaced message counts as processed (not failed), so a redelivery of it is a
+        duplicate and sends no second replacement. The replacement is sent first: a crash
+        between the two sends it again, never loses it.
+        """
+        run = getattr(self.request, "reliable_run", None)
+        if run is None or run.eager:
+            return super().on_replace(sig)
+        sig.delay()
+        self.reliable_binding().pipeline.replaced(run)
+        raise Ignore("Replaced by new task")
+
     @property
     def message_id(self) -> str | None:
         """The current run's message id; None when the task is called as a plain function.
@@ -106,7 +134,11 @@ class ReliableTask(Task):  # type: ignore[misc]
         """
         if self.request.id is None:
             return None
-        return message_id_from(self.request.id, self.request.headers or {})
+        return message_id_from(
+            self.request.id,
+            self.request.headers or {},
+            replaced_nesting=getattr(self.request, "replaced_task_nesting", 0),
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -136,3 +168,8 @@ class ReliableTask(Task):  # type: ignore[misc]
     def use_reliable_binding(self, binding: Binding) -> None:
         """Called by the extension: deliver this task's messages through ``binding``."""
         self._reliable_binding = binding
+
+
+def _builtin(name: str | None) -> bool:
+    """Celery's own tasks (``celery.chord_unlock``, ``celery.backend_cleanup``, ...)."""
+    return bool(name) and str(name).startswith("celery.")

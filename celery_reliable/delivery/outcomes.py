@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 
 _MAX_DEFER_DELAY = 60.0
 
+#: The stored result of a run that ended by ``replace()``: its replacement has the result.
+REPLACED = {"celery_reliable": "replaced"}
+
 
 class DeadLetterSink(Protocol):
     """What the pipeline uses of ``reliable.dead_letters``."""
@@ -295,6 +298,8 @@ class Outcomes:
 
         Returned, not raised, so Celery goes on as after a run: a chain's next step, a
         chord part counted, ``link`` callbacks. Flower sees the ``task-duplicate`` event.
+        A run that ended by ``replace()`` has no result of its own: its duplicate ends as
+        the replaced run did, with ``Ignore`` (the replacement reports the result).
         """
         claim = run.claim
         assert claim is not None
@@ -306,6 +311,8 @@ class Outcomes:
         )
         result = self.inbox.decode_result(claim.result)
         _event(run, DUPLICATE, message_id=claim.message_id, handler_key=claim.handler_key)
+        if result == REPLACED:
+            raise _ignored()
         return result
 
     def lost(self, run: Run) -> BaseException:

@@ -51,7 +51,7 @@ from celery_reliable.store.database import Database
 
 from .decide import Action, dead_letter, decide_claim, decide_failure, failure_of, judged
 from .options import TaskOptions
-from .outcomes import DeadLetterSink, Outcomes
+from .outcomes import REPLACED, DeadLetterSink, Outcomes
 from .run import Outcome, Run
 
 if TYPE_CHECKING:
@@ -113,7 +113,11 @@ class Pipeline:
     ) -> Any:
         """Run ``task``'s body for the message of ``request`` at most once, or end otherwise."""
         try:
-            message_id = message_id_from(request.id, request.headers or {})
+            message_id = message_id_from(
+                request.id,
+                request.headers or {},
+                replaced_nesting=getattr(request, "replaced_task_nesting", 0),
+            )
         except InvalidMessageId as exc:
             ending = self._invalid_message_id(
                 Run(task, options, request, args, kwargs, _fallback_id(request.id)), exc
@@ -258,6 +262,13 @@ class Pipeline:
                 kwargs=run.kwargs,
             ),
         )
+
+    def replaced(self, run: Run) -> None:
+        """The run ended by ``replace()``: its message is done, by its replacement."""
+        if not run.completed:  # else its transaction already completed it
+            assert run.claim is not None
+            self.inbox.complete(run.claim, REPLACED)
+            run.completed = True
 
     @contextmanager
     def transaction(self, request: Any) -> Iterator[Session]:

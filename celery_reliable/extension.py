@@ -401,7 +401,8 @@ def _release_interrupted(app: Celery) -> None:
         task = app.tasks.get(request.task_name)
         if not isinstance(task, ReliableTask) or request.acknowledged or not request.worker_pid:
             continue
-        message_id = message_id_from(request.id, request.request_dict)
+        nesting = request.request_dict.get("replaced_task_nesting", 0)
+        message_id = message_id_from(request.id, request.request_dict, replaced_nesting=nesting)
         owner = f"{request.hostname}:{request.worker_pid}"
         try:
             key = task.reliable_binding().options.handler_key

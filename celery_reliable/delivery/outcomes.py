@@ -1,11 +1,18 @@
 """Performing a decision: each way a delivery ends, as an exception for the caller to raise.
 
-Every method returns the exception that ends the delivery (``Ignore``, Celery's ``Retry``,
-``Reject(requeue=True)`` when the message could not be handed on, or the body's own
-exception) and the pipeline raises it where the reader sees it: ``raise
+Every method returns the exception that ends the delivery (``DeadLettered``, ``Ignore``,
+Celery's ``Retry``, ``Reject(requeue=True)`` when the message could not be handed on, or
+the body's own exception) and the pipeline raises it where the reader sees it: ``raise
 outcomes.deferred(run, ...)``. The order inside each is the guarantee: a copy is published
 (or a dead letter committed) before this delivery ends and is acknowledged, so at every
-moment the message exists somewhere.
+moment the message exists somewhere. A duplicate is the one ending that is not an
+exception: :meth:`Outcomes.duplicate` returns the first run's result for Celery to store.
+
+The ends a caller waits for are Celery's own, so ``.get()``, errbacks, chains and chords
+work as on plain Celery: a dead letter is a ``FAILURE`` whose exception is
+``DeadLettered``, a duplicate a ``SUCCESS`` with the original result. Flower still shows
+``DEAD_LETTERED`` / ``DUPLICATE``: each also sends its ``task-<state>`` event, which
+:mod:`celery_reliable.flower.events` ranks above Celery's.
 """
 
 from __future__ import annotations
@@ -19,8 +26,9 @@ from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError
 
+from celery_reliable.dead_lettered import DeadLettered
 from celery_reliable.dead_letters.types import DeadLetterReason, FailedMessage
-from celery_reliable.exceptions import LostOwnership, ReliableError
+from celery_reliable.exceptions import LostOwnership, StoreUnavailable
 from celery_reliable.inbox import Inbox
 from celery_reliable.message import (
     DEFERRALS_HEADER,
@@ -40,6 +48,9 @@ from .run import Outcome, Run
 logger = logging.getLogger(__name__)
 
 _MAX_DEFER_DELAY = 60.0
+
+#: The stored result of a run that ended by ``replace()``: its replacement has the result.
+REPLACED = {"celery_reliable": "replaced"}
 
 
 class DeadLetterSink(Protocol):
@@ -90,8 +101,6 @@ class Outcomes:
             assert exc is not None
             self.record_failure(run, exc)
         action = decision.action
-        if action is Action.DUPLICATE:
-            return self.duplicate(run)
         if action is Action.DEFER:
             return self.deferred(
                 run,
@@ -112,7 +121,8 @@ class Outcomes:
             return self.quarantined(run)
         if action is Action.LOST:
             return self.lost(run)
-        assert action in (Action.REQUEUE, Action.PASS), action  # RUN ends nothing
+        # RUN ends nothing; DUPLICATE ends with a result, not an exception (``duplicate``).
+        assert action in (Action.REQUEUE, Action.PASS), action
         assert exc is not None
         return exc  # raised as it is: Celery (or the broker) handles it
 
@@ -133,15 +143,17 @@ class Outcomes:
         Short delays wait on the broker (Celery's countdown). Longer ones wait in the
         store, from where the relay publishes them when due: a Redis queue would hand an
         unacknowledged countdown message to another worker after its visibility timeout.
+        Run eagerly (``apply()``), the Retry carries the copy and Celery's ``apply`` runs it
+        at once, as it does for an eager ``self.retry()``: no delay, no broker.
         """
-        if run.eager:
-            return _retry(reason, exc, delay)
         run.outcome = Outcome.RETRY
         request = run.request
         headers = {**(request.headers or {}), SENT_AT_HEADER: time.time() + delay}
         signature = run.task.signature_from_request(
             request, run.args, run.kwargs, retries=(request.retries or 0) + 1, headers=headers
         )
+        if run.eager:
+            return _retry(reason, exc, delay, eager_copy=signature)
         try:
             if delay <= self.settings.retry_max_broker_delay.total_seconds():
                 signature.apply_async(countdown=delay)
@@ -175,7 +187,7 @@ class Outcomes:
         run.outcome = Outcome.DEFERRED
         request = run.request
         if run.eager:  # no broker to come back through: say why instead of recursing
-            return ReliableError(f"message {request.id} cannot run now ({reason})")
+            return StoreUnavailable(f"message {request.id} cannot run now ({reason})")
         headers = dict(request.headers or {})
         deferrals = count_header(headers.get(DEFERRALS_HEADER)) + 1
         headers[DEFERRALS_HEADER] = deferrals
@@ -245,19 +257,31 @@ class Outcomes:
             self.dead_letters.check_alert()
         except Exception:
             logger.warning("dead-letter alert check failed", exc_info=True)
-        meta = {
-            "dead_letter_id": entry_id,
-            "reason": reason.value,
-            "detector": detector,
-            "exc_type": type(exc).__name__ if exc is not None else None,
-            "exc_message": str(exc) if exc is not None else detail,
-        }
         run.outcome = Outcome.DEAD_LETTERED
-        _announce(run, DEAD_LETTERED, meta)
-        return _ignored()
+        logger.warning(
+            "message %s (%s) dead-lettered as %s: entry %s",
+            run.message_id,
+            run.task.name,
+            reason.value,
+            entry_id,
+        )
+        _event(
+            run,
+            DEAD_LETTERED,
+            dead_letter_id=entry_id,
+            reason=reason.value,
+            detector=detector,
+            exc_type=type(exc).__name__ if exc is not None else None,
+            exc_message=str(exc) if exc is not None else detail,
+        )
+        return DeadLettered.of(reason.value, entry_id, exc, detail)
 
     def quarantined(self, run: Run) -> BaseException:
-        """Another copy of a message that was already dead-lettered: it stays dead."""
+        """Another copy of a message that was already dead-lettered: it stays dead.
+
+        It fails as the dead letter did (``DeadLettered``), without the entry id: finding
+        it would cost a search of the dead letters on every such copy.
+        """
         assert run.claim is not None
         logger.warning(
             "message %s (%s) is quarantined; this copy is not run",
@@ -265,25 +289,31 @@ class Outcomes:
             run.claim.handler_key,
         )
         run.outcome = Outcome.DEAD_LETTERED
-        _announce(run, DEAD_LETTERED, {"reason": "already dead-lettered", "dead_letter_id": None})
-        return _ignored()
+        detail = "a copy of a message already dead-lettered"
+        _event(run, DEAD_LETTERED, reason=DeadLetterReason.POISON_MESSAGE.value, detail=detail)
+        return DeadLettered.of(DeadLetterReason.POISON_MESSAGE.value, None, None, detail)
 
-    def duplicate(self, run: Run) -> BaseException:
-        """Completed before: end in state DUPLICATE with the first run's result."""
+    def duplicate(self, run: Run) -> Any:
+        """Completed before: the first run's result, for Celery to store as this SUCCESS.
+
+        Returned, not raised, so Celery goes on as after a run: a chain's next step, a
+        chord part counted, ``link`` callbacks. Flower sees the ``task-duplicate`` event.
+        A run that ended by ``replace()`` has no result of its own: its duplicate ends as
+        the replaced run did, with ``Ignore`` (the replacement reports the result).
+        """
         claim = run.claim
         assert claim is not None
         run.outcome = Outcome.DUPLICATE
         logger.info(
-            "message %s (%s) already processed: skipped", claim.message_id, claim.handler_key
+            "message %s (%s) already processed: skipped, returning its stored result",
+            claim.message_id,
+            claim.handler_key,
         )
-        _announce(
-            run,
-            DUPLICATE,
-            self.inbox.decode_result(claim.result),
-            message_id=claim.message_id,
-            handler_key=claim.handler_key,
-        )
-        return _ignored()
+        result = self.inbox.decode_result(claim.result)
+        _event(run, DUPLICATE, message_id=claim.message_id, handler_key=claim.handler_key)
+        if result == REPLACED:
+            raise _ignored()
+        return result
 
     def lost(self, run: Run) -> BaseException:
         """Another delivery took the claim over: its run finishes the message."""
@@ -302,9 +332,13 @@ def _ignored() -> BaseException:
     return ignore
 
 
-def _retry(reason: str, exc: BaseException | None, delay: float) -> BaseException:
-    """Celery's Retry: the task ends in state RETRY (its copy is already on its way)."""
-    retry: BaseException = Retry(reason, exc=exc, when=delay)
+def _retry(
+    reason: str, exc: BaseException | None, delay: float, *, eager_copy: Any = None
+) -> BaseException:
+    """Celery's Retry: the task ends in state RETRY (its copy is already on its way, or is
+    ``eager_copy``, which an eager ``apply()`` runs next)."""
+    eager = eager_copy is not None
+    retry: BaseException = Retry(reason, exc=exc, when=delay, is_eager=eager, sig=eager_copy)
     return retry
 
 
@@ -315,23 +349,10 @@ def _caused_by(exc: BaseException, cause: BaseException | None) -> BaseException
     return exc
 
 
-def _announce(run: Run, state: str, meta: Any, **event_fields: Any) -> None:
-    """Set the custom state in the result backend and tell Flower (a task-<state> event).
-
-    The task then ends with Ignore, which sends no task-succeeded/failed event that would
-    override the state in Flower.
-    """
-    task, request = run.task, run.request
-    announce(
-        task.backend,
-        request.id,
-        state,
-        meta,
-        send_event=task.send_event,
-        store=not request.ignore_result,
-        request=request,
-        event_fields=event_fields,
-    )
+def _event(run: Run, state: str, **fields: Any) -> None:
+    """Tell Flower (a ``task-<state>`` event); the backend keeps Celery's own state."""
+    task = run.task
+    announce(task.backend, run.request.id, state, fields, send_event=task.send_event, store=False)
 
 
 def _plain(delivery_info: Mapping[str, Any] | None) -> dict[str, Any]:

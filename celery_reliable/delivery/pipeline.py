@@ -4,13 +4,14 @@ The completion mark commits in the same transaction as the body's writes made th
 ``self.transaction()``. Deliveries that must not run the body end without touching what
 another delivery owns:
 
-- ``DUPLICATE`` state with the original result, when the message was already completed;
+- the original result, returned as this run's (Celery's ``SUCCESS``), when the message was
+  already completed;
 - a deferred copy (same message id, published with a delay), when a live delivery holds
   the claim or the store is unreachable: this copy may be the only one left, so it is
   never dropped;
 - the failure lifecycle when the body raised, an open circuit breaker holds the message
-  back, or the message is poison: a retry (state ``RETRY``) or a dead letter (state
-  ``DEAD_LETTERED``).
+  back, or the message is poison: a retry (state ``RETRY``) or a dead letter (Celery's
+  ``FAILURE`` with a ``DeadLettered`` exception).
 
 What happens is decided in :mod:`.decide` and performed by :mod:`.outcomes`; this module
 only sequences the steps. Its collaborators are handed in by ``Reliable`` (the extension
@@ -50,7 +51,7 @@ from celery_reliable.store.database import Database
 
 from .decide import Action, dead_letter, decide_claim, decide_failure, failure_of, judged
 from .options import TaskOptions
-from .outcomes import DeadLetterSink, Outcomes
+from .outcomes import REPLACED, DeadLetterSink, Outcomes
 from .run import Outcome, Run
 
 if TYPE_CHECKING:
@@ -112,7 +113,11 @@ class Pipeline:
     ) -> Any:
         """Run ``task``'s body for the message of ``request`` at most once, or end otherwise."""
         try:
-            message_id = message_id_from(request.id, request.headers or {})
+            message_id = message_id_from(
+                request.id,
+                request.headers or {},
+                replaced_nesting=getattr(request, "replaced_task_nesting", 0),
+            )
         except InvalidMessageId as exc:
             ending = self._invalid_message_id(
                 Run(task, options, request, args, kwargs, _fallback_id(request.id)), exc
@@ -128,9 +133,7 @@ class Pipeline:
         started = time.monotonic()
         self.metrics.record_start(task, headers)
         try:
-            result = self._run(run)
-            run.outcome = Outcome.COMPLETED
-            return result
+            return self._run(run)
         finally:
             self.metrics.record_delivery(task, run.outcome.value, time.monotonic() - started)
 
@@ -155,6 +158,8 @@ class Pipeline:
         decision = decide_claim(
             claim, open_breaker=run.options.circuit_breaker if held_back else None
         )
+        if decision.action is Action.DUPLICATE:
+            return self.outcomes.duplicate(run)
         if decision.action is not Action.RUN:
             raise self.outcomes.perform(run, decision)
         if claim.attempts > 1:  # a message that comes back may have become poison meanwhile
@@ -173,6 +178,7 @@ class Pipeline:
         else:
             if admission is not None:
                 self.breakers.record_success(admission.name, admission)
+            run.outcome = Outcome.COMPLETED
             return result
         raise ending
 
@@ -215,7 +221,9 @@ class Pipeline:
         """The exception that ends a run whose body (or completion) raised ``exc``."""
         claim = run.claim
         assert claim is not None
-        failure = failure_of(exc, classifier=self.classifier, options=run.options)
+        failure = failure_of(
+            exc, classifier=self.classifier, options=run.options, gave_up=run.gave_up_retrying
+        )
         consulted = not run.completed and failure.cause.consults_detectors
         if admission is not None and not run.completed and failure.cause.is_body_error:
             self.breakers.record_failure(admission.name, exc, admission)
@@ -225,7 +233,7 @@ class Pipeline:
             committed=run.completed,
             verdict=self._judge(run, exc) if consulted else None,
             policy=run.options.retry_policy,
-            max_attempts=self.settings.max_attempts,
+            explicit_policy=run.options.explicit_policy,
         )
         return self.outcomes.perform(run, decision, exc)
 
@@ -254,6 +262,13 @@ class Pipeline:
                 kwargs=run.kwargs,
             ),
         )
+
+    def replaced(self, run: Run) -> None:
+        """The run ended by ``replace()``: its message is done, by its replacement."""
+        if not run.completed:  # else its transaction already completed it
+            assert run.claim is not None
+            self.inbox.complete(run.claim, REPLACED)
+            run.completed = True
 
     @contextmanager
     def transaction(self, request: Any) -> Iterator[Session]:

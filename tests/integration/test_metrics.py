@@ -9,9 +9,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from celery_reliable import MESSAGE_ID_HEADER, Reliable, ReliableTask, RetryPolicy
-from celery_reliable.states import DEAD_LETTERED, DUPLICATE
 from celery_reliable.testing import wait_for
-from tests.support import make_app
+from tests.support import dead_lettered, make_app
 
 READER = InMemoryMetricReader()
 
@@ -70,9 +69,8 @@ def test_deliveries_duplicates_dead_letters_and_lags_are_counted(app):
     headers = {MESSAGE_ID_HEADER: "order-1"}
     assert app.ok.apply_async(headers=headers).get(timeout=30) == 1
     duplicate = app.ok.apply_async(headers=headers)
-    wait_for(lambda: duplicate.state == DUPLICATE, 30, what="the duplicate")
-    failed = app.bad.delay()
-    wait_for(lambda: failed.state == DEAD_LETTERED, 30, what="the dead letter")
+    assert duplicate.get(timeout=30) == 1
+    dead_lettered(app.bad.delay())
 
     def delivered(outcome, task=name):
         key = frozenset({"task": task, "handler_key": task, "outcome": outcome}.items())

@@ -11,7 +11,8 @@ as a table, as ``inbox.decide`` is covered. The order of the failure rules:
 3. Celery's own ``Retry``/``Ignore``: the body decided, record the failure and pass it on;
 4. our store failed during the run: nobody's fault, defer and resume this claim;
 5. ``Reject(requeue=True)``: back to the broker as is;
-6. ``PermanentFailure``, ``Reject(requeue=False)``, a poison exception: dead-letter now;
+6. ``PermanentFailure``, ``Reject(requeue=False)``, a poison exception, a misuse of
+   ``self.transaction()`` (retrying it would repeat what it committed): dead-letter now;
 7. a poison detector's verdict: dead-letter with its reason and name;
 8. a transient exception is retried while the message has runs left under
    ``reliable_max_attempts``; anything else while the retry policy allows;
@@ -28,7 +29,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_reliable.classify import Classifier, Kind
 from celery_reliable.dead_letters.types import DeadLetterReason, reason_of
-from celery_reliable.exceptions import LostOwnership, PermanentFailure, StoreUnavailable
+from celery_reliable.exceptions import (
+    LostOwnership,
+    PermanentFailure,
+    StoreUnavailable,
+    TransactionMisuse,
+)
 from celery_reliable.inbox import Claim, Outcome
 from celery_reliable.poison import Verdict
 from celery_reliable.retry import RetryPolicy
@@ -60,6 +66,7 @@ class Cause(enum.Enum):
     REQUEUE = "requeue"  # Reject(requeue=True)
     REJECT = "reject"  # Reject(requeue=False)
     POISON = "poison"  # declared or classified poison
+    MISUSE = "misuse"  # TransactionMisuse: the body broke self.transaction()'s contract
     TRANSIENT = "transient"
     UNCLASSIFIED = "unclassified"
 
@@ -187,6 +194,12 @@ def decide_failure(
         return dead_letter(DeadLetterReason.MANUAL_REJECTION, detector="reject")
     if cause is Cause.POISON:
         return dead_letter(DeadLetterReason.POISON_MESSAGE, detector="exception-classification")
+    if cause is Cause.MISUSE:
+        return dead_letter(
+            DeadLetterReason.UNHANDLED_EXCEPTION,
+            detector="transaction-misuse",
+            detail=failure.message,
+        )
     if verdict is not None:
         return judged(verdict)
     transient = cause is Cause.TRANSIENT
@@ -217,6 +230,8 @@ def failure_of(exc: Exception, *, classifier: Classifier, options: TaskOptions) 
         return Failure(Cause.STORE, name, message)
     if isinstance(exc, (Retry, Ignore)):
         return Failure(Cause.CELERY, name, message)
+    if isinstance(exc, TransactionMisuse):
+        return Failure(Cause.MISUSE, name, message)
     if isinstance(exc, PermanentFailure):
         try:
             return Failure(Cause.PERMANENT, name, message, reason=reason_of(exc.reason))

@@ -47,6 +47,10 @@ class ReliableTask(Task):  # type: ignore[misc]
 
     acks_late = True
     reject_on_worker_lost = True
+    #: A hard time limit (the pool kills the child) requeues the message instead of
+    #: acknowledging it as FAILURE with its claim left ``processing``: the redelivery takes
+    #: the claim over and counts a run, up to ``reliable_max_attempts``, then dead-letters it.
+    acks_on_timeout = False
     handler_key: str | None = None
     legacy_handler_keys: tuple[str, ...] = ()
     retry_policy: str | RetryPolicy | None = None

@@ -50,9 +50,12 @@ class ReliableTask(Task):  # type: ignore[misc]
     reject_on_worker_lost = True
     #: A failure that reaches Celery is final here (a dead letter is already kept, or the
     #: effects are committed): acknowledge it whatever ``task_acks_on_failure_or_timeout``
-    #: says, or a broker dead-letter exchange would get a second copy. Time limits keep
-    #: Celery's setting (``acks_on_timeout``).
+    #: says, or a broker dead-letter exchange would get a second copy.
     acks_on_failure = True
+    #: A hard time limit (the pool kills the child) requeues the message instead of
+    #: acknowledging it as FAILURE with its claim left ``processing``: the redelivery takes
+    #: the claim over and counts a run, up to ``reliable_max_attempts``, then dead-letters it.
+    acks_on_timeout = False
     handler_key: str | None = None
     legacy_handler_keys: tuple[str, ...] = ()
     retry_policy: str | RetryPolicy | None = None

@@ -13,7 +13,8 @@ as a table, as ``inbox.decide`` is covered. The order of the failure rules:
 5. ``Reject(requeue=True)``: back to the broker as is;
 6. Celery gave up retrying (``self.retry()`` past ``max_retries``, ``autoretry_for``
    included): dead-letter now with ``MaxRetriesExceeded``, so Celery's counts hold;
-7. ``PermanentFailure``, ``Reject(requeue=False)``, a poison exception: dead-letter now;
+7. ``PermanentFailure``, ``Reject(requeue=False)``, a poison exception, a misuse of
+   ``self.transaction()`` (retrying it would repeat what it committed): dead-letter now;
 8. a poison detector's verdict: dead-letter with its reason and name;
 9. an unclassified exception when the task names no ``retry_policy``: dead-letter now
    with ``UnhandledException``, as plain Celery fails at once (a ``TypeError`` from wrong
@@ -36,7 +37,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_reliable.classify import Classifier, Kind
 from celery_reliable.dead_letters.types import DeadLetterReason, reason_of
-from celery_reliable.exceptions import LostOwnership, PermanentFailure, StoreUnavailable
+from celery_reliable.exceptions import (
+    LostOwnership,
+    PermanentFailure,
+    StoreUnavailable,
+    TransactionMisuse,
+)
 from celery_reliable.inbox import Claim, Outcome
 from celery_reliable.poison import Verdict
 from celery_reliable.retry import RetryPolicy
@@ -69,6 +75,7 @@ class Cause(enum.Enum):
     REQUEUE = "requeue"  # Reject(requeue=True)
     REJECT = "reject"  # Reject(requeue=False)
     POISON = "poison"  # declared or classified poison
+    MISUSE = "misuse"  # TransactionMisuse: the body broke self.transaction()'s contract
     TRANSIENT = "transient"
     UNCLASSIFIED = "unclassified"
 
@@ -204,6 +211,12 @@ def decide_failure(
         return dead_letter(DeadLetterReason.MANUAL_REJECTION, detector="reject")
     if cause is Cause.POISON:
         return dead_letter(DeadLetterReason.POISON_MESSAGE, detector="exception-classification")
+    if cause is Cause.MISUSE:
+        return dead_letter(
+            DeadLetterReason.UNHANDLED_EXCEPTION,
+            detector="transaction-misuse",
+            detail=failure.message,
+        )
     if verdict is not None:
         return judged(verdict)
     if cause is Cause.UNCLASSIFIED and not explicit_policy:
@@ -243,6 +256,8 @@ def failure_of(
         return Failure(Cause.CELERY, name, message)
     if gave_up:
         return Failure(Cause.GAVE_UP, name, message)
+    if isinstance(exc, TransactionMisuse):
+        return Failure(Cause.MISUSE, name, message)
     if isinstance(exc, PermanentFailure):
         try:
             return Failure(Cause.PERMANENT, name, message, reason=reason_of(exc.reason))

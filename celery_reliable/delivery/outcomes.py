@@ -20,11 +20,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError
 
 from celery_reliable.dead_lettered import DeadLettered
 from celery_reliable.dead_letters.types import DeadLetterReason, FailedMessage
@@ -43,6 +44,7 @@ from celery_reliable.store.base import InboxStore
 from celery_reliable.store.database import Database
 
 from .decide import Action, Decision
+from .guard import InfrastructureFailure, guarded, site
 from .run import Outcome, Run
 
 logger = logging.getLogger(__name__)
@@ -51,6 +53,11 @@ _MAX_DEFER_DELAY = 60.0
 
 #: The stored result of a run that ended by ``replace()``: its replacement has the result.
 REPLACED = {"celery_reliable": "replaced"}
+
+RECORD_FAILURE = site("inbox.fail", "write the run's failure on its claim")
+PUBLISH_RETRY = site("publish.retry", "publish the retry (broker, or the outbox when long)")
+PUBLISH_DEFER = site("publish.defer", "publish the deferred copy")
+DEAD_LETTER = site("dead_letter.write", "read first_seen_at, store the entry and quarantine")
 
 
 class DeadLetterSink(Protocol):
@@ -96,7 +103,18 @@ class Outcomes:
         self.settings = settings
 
     def perform(self, run: Run, decision: Decision, exc: Exception | None = None) -> BaseException:
-        """The exception that ends ``run`` as ``decision`` says (``exc``: what the run raised)."""
+        """The exception that ends ``run`` as ``decision`` says (``exc``: what the run raised).
+
+        Should one of our own calls fail while the ending is performed (a guarded site that
+        raises instead of handling its failure), the message is deferred, never failed and
+        acknowledged: its copy comes back to the same decision.
+        """
+        try:
+            return self._perform(run, decision, exc)
+        except InfrastructureFailure as failure:
+            return self.deferred(run, None, reason=str(failure))
+
+    def _perform(self, run: Run, decision: Decision, exc: Exception | None) -> BaseException:
         if decision.record_failure:
             assert exc is not None
             self.record_failure(run, exc)
@@ -131,7 +149,8 @@ class Outcomes:
         if run.claim is None:
             return
         try:
-            self.inbox.fail(run.claim, f"{type(exc).__name__}: {exc}")
+            with guarded(RECORD_FAILURE):
+                self.inbox.fail(run.claim, f"{type(exc).__name__}: {exc}")
         except Exception:  # never mask the task's own exception
             logger.warning("could not record the failure of %s", run.message_id, exc_info=True)
 
@@ -155,11 +174,12 @@ class Outcomes:
         if run.eager:
             return _retry(reason, exc, delay, eager_copy=signature)
         try:
-            if delay <= self.settings.retry_max_broker_delay.total_seconds():
-                signature.apply_async(countdown=delay)
-            else:
-                with self.database.engine.begin() as conn:
-                    self.outbox.enqueue(conn, signature, countdown=delay)
+            with guarded(PUBLISH_RETRY):
+                if delay <= self.settings.retry_max_broker_delay.total_seconds():
+                    signature.apply_async(countdown=delay)
+                else:
+                    with self.database.engine.begin() as conn:
+                        self.outbox.enqueue(conn, signature, countdown=delay)
         except Exception as publish_error:
             return _caused_by(
                 Reject(f"could not schedule the retry ({publish_error}); requeued", requeue=True),
@@ -205,9 +225,10 @@ class Outcomes:
         level = logging.INFO if delay is not None else logging.WARNING
         logger.log(level, "message %s deferred %.1fs: %s", request.id, seconds, reason)
         try:
-            run.task.signature_from_request(
-                request, countdown=seconds, headers=headers
-            ).apply_async()
+            with guarded(PUBLISH_DEFER):
+                run.task.signature_from_request(
+                    request, countdown=seconds, headers=headers
+                ).apply_async()
         except Exception as exc:
             return _caused_by(Reject(f"could not defer ({exc}); requeued", requeue=True), exc)
         return _ignored()
@@ -223,6 +244,11 @@ class Outcomes:
     ) -> BaseException:
         """Store the message as a dead letter and quarantine it, in one transaction."""
         request, claim = run.request, run.claim
+        try:
+            with guarded(DEAD_LETTER):
+                first_seen = self.store.first_seen_at(run.message_id) if claim else None
+        except InfrastructureFailure as store_error:
+            return self._dead_letter_deferred(run, store_error)
         message = FailedMessage(
             message_id=run.message_id,
             task_id=request.id,
@@ -233,26 +259,22 @@ class Outcomes:
             headers=dict(request.headers or {}),
             delivery_info=_plain(request.delivery_info),
             attempts=claim.attempts if claim else 0,
-            first_seen_at=self.store.first_seen_at(run.message_id) if claim else None,
+            first_seen_at=first_seen,
             hostname=request.hostname,
         )
-        error = f"dead-lettered: {reason.value}: {detail or exc}"
         try:
-            with self.database.engine.begin() as conn:
-                if claim is not None:
-                    self.inbox.quarantine(claim, error, connection=conn)
-                entry_id = self.dead_letters.add(
-                    message, reason, exc=exc, detail=detail, detector=detector, connection=conn
-                )
+            try:
+                entry_id = self._store_dead_letter(run, message, reason, exc, detail, detector)
+            except DataError as refused:  # the message's values, not an outage: keep less
+                logger.error("message %s: dead letter refused (%s)", run.message_id, refused)
+                detail = f"{detail or ''} (stored without arguments and headers: {refused})"
+                bare = replace(message, args=[], kwargs={}, headers={})
+                entry_id = self._store_dead_letter(run, bare, reason, exc, detail, detector)
         except LostOwnership:
             logger.warning("message %s: another delivery took it over", run.message_id)
             return _caused_by(_ignored(), None)
-        except DBAPIError as store_error:
-            return self.deferred(
-                run,
-                claim.version if claim else None,
-                reason=f"store unavailable while dead-lettering: {store_error}",
-            )
+        except (InfrastructureFailure, DataError) as store_error:
+            return self._dead_letter_deferred(run, store_error)
         try:
             self.dead_letters.check_alert()
         except Exception:
@@ -275,6 +297,32 @@ class Outcomes:
             exc_message=str(exc) if exc is not None else detail,
         )
         return DeadLettered.of(reason.value, entry_id, exc, detail)
+
+    def _store_dead_letter(
+        self,
+        run: Run,
+        message: FailedMessage,
+        reason: DeadLetterReason,
+        exc: BaseException | None,
+        detail: str | None,
+        detector: str | None,
+    ) -> int:
+        """Commit the dead letter and the claim's quarantine together; the entry's id."""
+        error = f"dead-lettered: {reason.value}: {detail or exc}"
+        with guarded(DEAD_LETTER), self.database.engine.begin() as conn:
+            if run.claim is not None:
+                self.inbox.quarantine(run.claim, error, connection=conn)
+            return self.dead_letters.add(
+                message, reason, exc=exc, detail=detail, detector=detector, connection=conn
+            )
+
+    def _dead_letter_deferred(self, run: Run, store_error: BaseException) -> BaseException:
+        """The store failed while dead-lettering: defer, and let the copy resume the claim."""
+        return self.deferred(
+            run,
+            run.claim.version if run.claim else None,
+            reason=f"store unavailable while dead-lettering: {store_error}",
+        )
 
     def quarantined(self, run: Run) -> BaseException:
         """Another copy of a message that was already dead-lettered: it stays dead.

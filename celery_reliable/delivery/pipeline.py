@@ -20,6 +20,7 @@ builds one pipeline per app), never looked up.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -28,7 +29,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from celery_reliable.classify import Classifier
@@ -37,7 +37,6 @@ from celery_reliable.dead_letters.types import DeadLetterReason
 from celery_reliable.exceptions import (
     ClaimUncertain,
     InvalidMessageId,
-    StoreUnavailable,
     TransactionMisuse,
 )
 from celery_reliable.inbox import Claim, Inbox
@@ -50,9 +49,22 @@ from celery_reliable.store.base import InboxStore
 from celery_reliable.store.database import Database
 
 from .decide import Action, dead_letter, decide_claim, decide_failure, failure_of, judged
+from .guard import InfrastructureFailure, guarded, site
+from .lease import LeaseKeeper
+from .misuse import CommitGuard
 from .options import TaskOptions
 from .outcomes import REPLACED, DeadLetterSink, Outcomes
 from .run import Outcome, Run
+
+logger = logging.getLogger(__name__)
+
+BREAKER_ADMIT = site("breaker.admit", "ask the task's circuit breaker before claiming")
+BREAKER_RECORD = site("breaker.record", "report the run's success or failure to the breaker")
+CLAIM = site("inbox.claim", "claim the message in the inbox")
+FIRST_SEEN = site("detectors.first_seen", "read when the message was first seen, for detectors")
+COMPLETE = site("inbox.complete", "commit the completion mark (a body without a transaction)")
+COMMIT = site("transaction.commit", "commit self.transaction()'s writes with the mark")
+SAVE_RESULT = site("inbox.save_result", "attach the result after self.transaction()'s commit")
 
 if TYPE_CHECKING:
     from celery_reliable.breakers import Admission, Breakers
@@ -94,6 +106,7 @@ class Pipeline:
         self.poison_detectors = poison_detectors
         self.metrics = metrics
         self.settings = settings
+        self.leases = LeaseKeeper(store, settings.stuck_threshold)
         self.outcomes = Outcomes(
             inbox=inbox,
             store=store,
@@ -163,31 +176,70 @@ class Pipeline:
         if decision.action is not Action.RUN:
             raise self.outcomes.perform(run, decision)
         if claim.attempts > 1:  # a message that comes back may have become poison meanwhile
-            verdict = self._judge(run, None)
+            try:
+                verdict = self._judge(run, None)
+            except InfrastructureFailure as exc:  # the body has not run: resume this claim
+                raise self.outcomes.deferred(
+                    run, claim.version, reason=str(exc), unrun=True
+                ) from exc
             if verdict is not None:
                 raise self.outcomes.perform(run, judged(verdict))
         run.request.reliable_run = run
         try:
-            result = run.task.run(*run.args, **run.kwargs)
+            with self.leases.kept(claim):
+                result = run.task.run(*run.args, **run.kwargs)
             if run.completed:
-                self.inbox.save_result(claim, result)
+                self._save_result(run, result)
             else:
-                self.inbox.complete(claim, result)
+                with guarded(COMPLETE):
+                    self.inbox.complete(claim, result)
         except Exception as exc:
             ending = self._failed(run, exc, admission)  # may be exc itself: raised as it is
         else:
             if admission is not None:
-                self.breakers.record_success(admission.name, admission)
+                self._record_breaker(admission, None)
             run.outcome = Outcome.COMPLETED
             return result
         raise ending
+
+    def _save_result(self, run: Run, result: Any) -> None:
+        """Attach the result to the mark ``self.transaction()`` committed.
+
+        The run is done whatever happens here: a store that fails now costs the result
+        (a later duplicate returns None), never the run's success.
+        """
+        assert run.claim is not None
+        try:
+            with guarded(SAVE_RESULT):
+                self.inbox.save_result(run.claim, result)
+        except Exception:
+            logger.warning(
+                "message %s completed, but its result could not be saved",
+                run.message_id,
+                exc_info=True,
+            )
+
+    def _record_breaker(self, admission: Admission, exc: Exception | None) -> None:
+        """Tell the breaker how the run went; never changes how the delivery ends."""
+        try:
+            with guarded(BREAKER_RECORD):
+                if exc is None:
+                    self.breakers.record_success(admission.name, admission)
+                else:
+                    self.breakers.record_failure(admission.name, exc, admission)
+        except InfrastructureFailure as failure:
+            logger.warning("circuit breaker %s not updated: %s", admission.name, failure)
 
     def _admit(self, run: Run) -> Admission | None:
         """Ask the task's circuit breaker; an open one with ``on_open="delay"`` ends here."""
         name = run.options.circuit_breaker
         if name is None:
             return None
-        admission = self.breakers.admit(name)
+        try:
+            with guarded(BREAKER_ADMIT):
+                admission = self.breakers.admit(name)
+        except InfrastructureFailure as exc:  # not claimed: the copy is the same attempt
+            raise self.outcomes.deferred(run, None, reason=str(exc)) from exc
         if not admission.allowed and self.breakers.on_open(name) == "delay":
             # Not claimed, so no attempt is spent: the message only waits.
             raise self.outcomes.retried(
@@ -199,19 +251,20 @@ class Pipeline:
         request, options = run.request, run.options
         headers = request.headers or {}
         try:
-            return self.inbox.claim(
-                run.message_id,
-                options.handler_key,
-                task_name=run.task.name,
-                owner=f"{request.hostname or socket.gethostname()}:{os.getpid()}",
-                redelivered=bool((request.delivery_info or {}).get("redelivered")),
-                legacy_keys=options.legacy_keys,
-                resumes_version=headers.get(RESUMES_HEADER),
-                resumes_unrun=headers.get(RESUMES_UNRUN_HEADER) is True,
-            )
+            with guarded(CLAIM):
+                return self.inbox.claim(
+                    run.message_id,
+                    options.handler_key,
+                    task_name=run.task.name,
+                    owner=f"{request.hostname or socket.gethostname()}:{os.getpid()}",
+                    redelivered=bool((request.delivery_info or {}).get("redelivered")),
+                    legacy_keys=options.legacy_keys,
+                    resumes_version=headers.get(RESUMES_HEADER),
+                    resumes_unrun=headers.get(RESUMES_UNRUN_HEADER) is True,
+                )
         except ClaimUncertain as exc:  # the claim may have committed: its copy may resume it
             ending = self.outcomes.deferred(run, exc.version, reason=str(exc), unrun=True)
-        except DBAPIError as exc:
+        except InfrastructureFailure as exc:
             ending = self.outcomes.deferred(
                 run, None, reason=f"store unavailable while claiming: {exc}"
             )
@@ -226,12 +279,18 @@ class Pipeline:
         )
         consulted = not run.completed and failure.cause.consults_detectors
         if admission is not None and not run.completed and failure.cause.is_body_error:
-            self.breakers.record_failure(admission.name, exc, admission)
+            self._record_breaker(admission, exc)
+        verdict = None
+        if consulted:
+            try:
+                verdict = self._judge(run, exc)
+            except InfrastructureFailure as store_error:  # decided as the store's failure
+                failure = failure_of(store_error, classifier=self.classifier, options=run.options)
         decision = decide_failure(
             failure,
             claim=claim,
             committed=run.completed,
-            verdict=self._judge(run, exc) if consulted else None,
+            verdict=verdict,
             policy=run.options.retry_policy,
             explicit_policy=run.options.explicit_policy,
         )
@@ -246,7 +305,8 @@ class Pipeline:
         assert claim is not None
         first_seen = None
         if run.options.needs_first_seen or self.poison_detectors:
-            first_seen = self.store.first_seen_at(run.message_id)
+            with guarded(FIRST_SEEN):
+                first_seen = self.store.first_seen_at(run.message_id)
         return judge(
             detectors,
             FailureContext(
@@ -291,13 +351,16 @@ class Pipeline:
             )
         run.transaction_entered = True
         assert run.claim is not None
-        try:
-            with Session(self.database.engine) as session, session.begin():
-                yield session
+        with Session(self.database.engine) as session:  # closing it rolls back
+            transaction = session.begin()
+            commits = CommitGuard(session, transaction)
+            yield session  # what the body raises here ends the run as the body's failure
+            commits.check()
+            with guarded(COMMIT, with_body=True):  # a failure is a StoreUnavailable: deferred
                 session.flush()
                 self.inbox.complete(run.claim, connection=session.connection())
-        except (OperationalError, InterfaceError) as exc:
-            raise StoreUnavailable(f"store failed during the task's transaction: {exc}") from exc
+                commits.allow()
+                transaction.commit()
         run.completed = True
 
 

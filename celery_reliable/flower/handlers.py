@@ -266,14 +266,15 @@ class Purge(Page):
     async def post(self) -> None:
         self.writable()
         older_than = text(self.get_body_argument, "older_than")
-        try:
+        try:  # an age before the year 1 (1000000d) is refused by the filter
             cutoff_age = parse_duration(older_than)
+            matching = DeadLetterFilter.older_than(cutoff_age)
+        except InvalidArgument as exc:
+            raise Refused(400, str(exc)) from None
         except ValueError as exc:
             raise Refused(400, f"older than: {exc}") from None
         if self.get_body_argument("dry_run", ""):  # what purge_older_than deletes
-            due = await self.blocking(
-                self.letters.count, matching=DeadLetterFilter.older_than(cutoff_age)
-            )
+            due = await self.blocking(self.letters.count, matching=matching)
             self.page(
                 "reliable_result.html",
                 title="Purge (dry run)",

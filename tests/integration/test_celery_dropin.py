@@ -93,6 +93,21 @@ def test_a_duplicate_returns_the_original_result(dropin):
     assert calls.runs[second.id] == 0  # the body did not run again
 
 
+def test_a_chain_whose_first_step_already_completed_still_sends_its_next_step(dropin):
+    """Issue #13, hole 6: a worker killed after the commit and before Celery sent the next
+    step. The redelivery of the first step is a duplicate; it used to end with Ignore, so
+    the chain stopped there. Here the first step's message completes alone (as the killed
+    run did), then arrives again with the chain's next step attached."""
+    app, calls = dropin
+    first_id = str(uuid.uuid4())
+    assert get(app.tasks["add"].apply_async((1, 2), task_id=first_id)) == 3
+    rest = app.tasks["add"].s(10)
+    result = chain(app.tasks["add"].s(1, 2).set(task_id=first_id), rest).apply_async()
+    assert get(result) == 13  # the next step ran with the stored result
+    assert calls.runs[first_id] == 1  # the first step's body ran once
+    assert calls.runs[result.id] == 1
+
+
 def test_a_dead_letter_is_a_failure_the_caller_and_the_errback_see(dropin):
     app, calls = dropin
     result = app.tasks["fails"].apply_async(("x",), link_error=app.tasks["errback"].s())

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from functools import cache
+from typing import Any, TypeVar
 
 import pybreaker
 
@@ -36,6 +37,8 @@ logger = logging.getLogger(__name__)
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 ON_OPEN = ("delay", "dead_letter")
 _MIN_WAIT = 0.5
+_FALLBACK_WARNING_EVERY = 60.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class Breakers:
         self._probes: dict[str, float] = {}  # memory mode: probe lock expiry per name
         self._lock = threading.Lock()
         self._redis: Any = None
+        self._fallback: Breakers | None = None
+        self._warn_after = 0.0
         self._pid = 0
 
     # -- configuration ----------------------------------------------------------------------
@@ -140,6 +145,47 @@ class Breakers:
 
     def admit(self, name: str) -> Admission:
         """May a run protected by ``name`` go ahead now?"""
+        return self._shared_or_local(lambda breakers: breakers._admit(name))
+
+    def record_success(self, name: str, admission: Admission) -> None:
+        self._shared_or_local(lambda breakers: breakers._record_success(name, admission))
+
+    def record_failure(self, name: str, exc: BaseException, admission: Admission) -> None:
+        self._shared_or_local(lambda breakers: breakers._record_failure(name, exc, admission))
+
+    def _shared_or_local(self, call: Callable[[Breakers], _T]) -> _T:
+        """``call`` on the shared (Redis) state; on this process's own when Redis fails.
+
+        A breaker protects a downstream service; its storage being down says nothing
+        about the messages, so it must never fail one. The process-local breaker keeps
+        counting meanwhile (each worker opens on its own failures), with a warning.
+        """
+        if self.redis_url is None:
+            return call(self)
+        try:
+            return call(self)
+        except _storage_errors() as exc:
+            now = time.monotonic()
+            if now >= self._warn_after:  # once a minute, not once per message
+                self._warn_after = now + _FALLBACK_WARNING_EVERY
+                logger.warning(
+                    "circuit breaker storage unreachable (%s: %s): using this process's "
+                    "own breakers until it is back",
+                    type(exc).__name__,
+                    exc,
+                )
+            return call(self._local())
+
+    def _local(self) -> Breakers:
+        """The process-local twin: the same configurations and listeners, memory state."""
+        if self._fallback is None:
+            local = Breakers(None, namespace=self.namespace)
+            local._configs = self._configs
+            local._listeners = self._listeners
+            self._fallback = local
+        return self._fallback
+
+    def _admit(self, name: str) -> Admission:
         config = self._config(name)
         breaker = self._breaker(name)
         state = self._state(name)
@@ -155,7 +201,7 @@ class Breakers:
             return Admission(name, allowed=True, probe=True)
         return Admission(name, allowed=False, retry_after=_wait(min(config.probe_timeout, 5.0)))
 
-    def record_success(self, name: str, admission: Admission) -> None:
+    def _record_success(self, name: str, admission: Admission) -> None:
         breaker = self._breaker(name)
         if admission.probe:
             breaker.close()
@@ -163,10 +209,10 @@ class Breakers:
         elif breaker.fail_counter:
             breaker._state_storage.reset_counter()
 
-    def record_failure(self, name: str, exc: BaseException, admission: Admission) -> None:
+    def _record_failure(self, name: str, exc: BaseException, admission: Admission) -> None:
         config = self._config(name)
         if isinstance(exc, config.exclude):  # not the service's fault: counts as a success
-            self.record_success(name, admission)
+            self._record_success(name, admission)
             return
         breaker = self._breaker(name)
         if admission.probe:
@@ -264,6 +310,14 @@ class Breakers:
         else:
             with self._lock:
                 self._probes.pop(name, None)
+
+
+@cache
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    """What the shared storage raises when Redis cannot be reached."""
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError)
 
 
 def _seconds(value: float | timedelta, what: str) -> float:

@@ -8,7 +8,10 @@
   ``MaxRetriesExceeded``.
 
 The most specific declaration wins: the task's own poison, then the task's own transient
-exceptions, then the global settings, then the built-in transient defaults. The built-ins
+exceptions, then the global settings, then the built-in defaults: transient for connection
+errors and a soft time limit (the run ran out of time, the next one may not), poison for
+a database ``DataError`` (the store refused a value the message carries: asking again is
+refused again). The built-ins
 look through the exception's cause chain and into SQLAlchemy's wrapped driver error, where
 PostgreSQL's SQLSTATE and MySQL's error number say what really happened.
 """
@@ -19,6 +22,8 @@ import enum
 import importlib
 from collections.abc import Iterable, Iterator
 from functools import cache
+
+from sqlalchemy.exc import DataError
 
 from .exceptions import ConfigurationError
 
@@ -94,7 +99,9 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 @cache
 def _library_transients() -> tuple[type[BaseException], ...]:
     """Connection errors of the broker and cache clients that are installed."""
-    found: list[type[BaseException]] = [ConnectionError, TimeoutError]
+    from celery.exceptions import SoftTimeLimitExceeded
+
+    found: list[type[BaseException]] = [ConnectionError, TimeoutError, SoftTimeLimitExceeded]
     from kombu.exceptions import OperationalError as KombuOperationalError
 
     found.append(KombuOperationalError)
@@ -160,4 +167,6 @@ class Classifier:
         ):
             if declared and isinstance(exc, declared):
                 return kind
-        return Kind.TRANSIENT if is_builtin_transient(exc) else Kind.UNCLASSIFIED
+        if is_builtin_transient(exc):
+            return Kind.TRANSIENT
+        return Kind.POISON if isinstance(exc, DataError) else Kind.UNCLASSIFIED

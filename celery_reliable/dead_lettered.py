@@ -20,6 +20,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from celery.exceptions import TaskPredicate
+
 from .exceptions import ReliableError
 
 _PREFIX = "DeadLettered["
@@ -97,10 +99,12 @@ def _derived(original: type[BaseException]) -> type[DeadLettered]:
 def _derive(original: type[BaseException]) -> type[DeadLettered]:
     """A DeadLettered that is also an ``original``; DeadLettered itself when none can be made.
 
-    Some exception types cannot be a second base (an incompatible C layout), and exceptions
-    outside ``Exception`` (KeyboardInterrupt, SystemExit) must not be caught as such.
+    Some exception types cannot be a second base (an incompatible C layout), exceptions
+    outside ``Exception`` (KeyboardInterrupt, SystemExit) must not be caught as such, and
+    Celery's control flow (``Reject``, ``Ignore``, ``Retry``) would be obeyed by the worker
+    instead of failing the task.
     """
-    if not issubclass(original, Exception) or issubclass(original, DeadLettered):
+    if not issubclass(original, Exception) or issubclass(original, (DeadLettered, TaskPredicate)):
         return DeadLettered
     name = _name_of(original)
     try:

@@ -199,7 +199,7 @@ class Reliable:
             self.app.main,
             outbox_stats=lambda: self.admin.outbox_stats(),
             inbox_stats=lambda: self.admin.inbox_stats(),
-            dead_letter_depth=lambda: self.dead_letters.count(replayed=False),
+            dead_letter_depth=lambda: self.dead_letters.depth(),
         )
 
     @cached_property
@@ -211,14 +211,12 @@ class Reliable:
             self.database,
             broker=self.app.connection_for_write,
             outbox_stats=self.admin.outbox_stats,
-            dead_letter_depth=lambda: self.dead_letters.count(replayed=False),
+            dead_letter_depth=lambda: self.dead_letters.depth(),
         )
 
     @cached_property
     def maintenance(self) -> Maintenance:
         """Retention cleanup and stuck recovery (beat runs them; so does the CLI)."""
-        from .task import ReliableTask
-
         app = self.app
         return Maintenance(
             app.main,
@@ -403,7 +401,8 @@ def _release_interrupted(app: Celery) -> None:
         task = app.tasks.get(request.task_name)
         if not isinstance(task, ReliableTask) or request.acknowledged or not request.worker_pid:
             continue
-        message_id = message_id_from(request.id, request.request_dict)
+        nesting = request.request_dict.get("replaced_task_nesting", 0)
+        message_id = message_id_from(request.id, request.request_dict, replaced_nesting=nesting)
         owner = f"{request.hostname}:{request.worker_pid}"
         try:
             key = task.reliable_binding().options.handler_key

@@ -46,14 +46,17 @@ from functools import cache, partial
 from typing import Any
 
 from celery import bootsteps
-from celery.exceptions import InvalidTaskError
+from celery.backends.base import DisabledBackend
+from celery.exceptions import InvalidTaskError, NotRegistered, TaskRevokedError
 from celery.signals import task_revoked
+from celery.states import FAILURE, REVOKED
 from celery.utils.imports import symbol_by_name
 from celery.worker.request import Request
 from celery.worker.state import revoked as revoked_tasks
 from celery.worker.state import task_ready
 from sqlalchemy.exc import SQLAlchemyError
 
+from .dead_lettered import DeadLettered
 from .dead_letters import DeadLetterReason, DeadLetters, FailedMessage
 from .intake_messages import failed_message, header_text, task_message_problem
 from .states import DEAD_LETTERED, announce
@@ -113,6 +116,34 @@ def _checked(strategy: Callable[..., Any], message: Any, body: Any, *args: Any) 
     if problem is not None:
         raise InvalidTaskError(f"invalid task message: {problem}")
     return strategy(message, body, *args)
+
+
+def _store_final(
+    backend: Any, task_id: str, state: str, exc: BaseException, request: Any = None
+) -> None:
+    """Store the ending a caller's ``.get()`` raises; a backend outage is logged only.
+
+    The dead letter is committed by then, so a backend that cannot take the state must not
+    make the message come back: its caller waits for the result backend, as with Celery.
+    """
+    if isinstance(backend, DisabledBackend):
+        return
+    try:
+        backend.store_result(task_id, exc, state, request=request)
+    except Exception:
+        logger.warning("could not store state %s for %s", state, task_id, exc_info=True)
+
+
+def _as_celery_reports(exc: BaseException | None) -> BaseException | None:
+    """The exception plain Celery's caller gets: ``NotRegistered`` for an unknown task.
+
+    Celery's consumer hands ``on_unknown_task`` the ``KeyError`` of its registry lookup and
+    stores ``NotRegistered`` for the caller; the caller's ``.get()`` keeps raising that type.
+    """
+    if isinstance(exc, KeyError) and not isinstance(exc, NotRegistered):
+        celerys: BaseException = NotRegistered(exc.args[0] if exc.args else "")
+        return celerys
+    return exc
 
 
 def _meta(entry_id: int, reason: DeadLetterReason, detector: str) -> dict[str, Any]:
@@ -240,7 +271,14 @@ class DeadLetterIntake(bootsteps.StartStopStep):  # type: ignore[misc]
             return None
         headers = message.headers if isinstance(message.headers, dict) else {}
         task_id = header_text(headers.get("id"))
-        if task_id is not None:  # after Celery's handler, which may store FAILURE
+        if task_id is not None:  # after Celery's handler, which may store FAILURE first
+            if not headers.get("ignore_result"):
+                _store_final(
+                    consumer.app.backend,
+                    task_id,
+                    FAILURE,
+                    DeadLettered.of(reason.value, entry_id, _as_celery_reports(exc), detail),
+                )
             dispatcher = consumer.event_dispatcher
             announce(
                 consumer.app.backend,
@@ -248,7 +286,7 @@ class DeadLetterIntake(bootsteps.StartStopStep):  # type: ignore[misc]
                 DEAD_LETTERED,
                 _meta(entry_id, reason, detector),
                 send_event=partial(dispatcher.send, uuid=task_id) if dispatcher else None,
-                store=not headers.get("ignore_result"),
+                store=False,
             )
         return result
 
@@ -316,20 +354,26 @@ class ExpiryDeadLetters(Request):  # type: ignore[misc]
             self.acknowledged = True  # type: ignore[misc]
             intake.requeue_later(self.message)
             return True
-        # Celery's own revocation (Request._announce_revoked), but the backend gets
-        # DEAD_LETTERED instead of REVOKED: stored first, a REVOKED would be a ready state
-        # that an AsyncResult caches, so its caller could never see DEAD_LETTERED.
+        # Celery's own revocation (Request._announce_revoked): REVOKED in the backend, as
+        # plain Celery stores an expired message, with an exception that is both Celery's
+        # TaskRevokedError and our DeadLettered (its reason and entry id), and the
+        # chord's part counted. Flower shows DEAD_LETTERED (the event after task-revoked).
         revoked_tasks.add(self.id)
         task_ready(self)
         self.send_event("task-revoked", terminated=False, signum=None, expired=True)
+        revoked = TaskRevokedError("expired")
+        if self.store_errors:
+            dead = DeadLettered.of(reason.value, entry_id, revoked)
+            _store_final(self.task.backend, self.id, REVOKED, dead, request=self._context)
+        if self._context.chord:
+            self.task.backend.on_chord_part_return(self._context, REVOKED, revoked)
         announce(
             self.task.backend,
             self.id,
             DEAD_LETTERED,
             _meta(entry_id, reason, self._DETECTOR),
             send_event=self.send_event,
-            store=not self.ignore_result,
-            request=self._context,
+            store=False,
         )
         self.acknowledge()
         self._already_revoked = True  # type: ignore[misc]

@@ -42,10 +42,20 @@ def validate_message_id(value: object, *, source: str = "message id") -> str:
     return value
 
 
-def message_id_from(task_id: str | None, headers: Mapping[str, Any] | None) -> str:
-    """The message id of a delivery: the header if the sender set one, else the task id."""
+def message_id_from(
+    task_id: str | None, headers: Mapping[str, Any] | None, *, replaced_nesting: object = 0
+) -> str:
+    """The message id of a delivery: the header if the sender set one, else the task id.
+
+    A task's ``replace()`` sends its replacement under the same task id (Celery's results
+    follow it) with ``replaced_task_nesting`` > 0: that is a new message, so its id carries
+    the nesting, or the inbox would take it for the replaced run.
+    """
     if headers and MESSAGE_ID_HEADER in headers:
         return validate_message_id(
             headers[MESSAGE_ID_HEADER], source=f"header {MESSAGE_ID_HEADER!r}"
         )
-    return validate_message_id(task_id, source="task id")
+    message_id = validate_message_id(task_id, source="task id")
+    if isinstance(replaced_nesting, int) and replaced_nesting > 0:
+        return validate_message_id(f"{message_id}:replaced-{replaced_nesting}")
+    return message_id

@@ -17,6 +17,7 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy.orm import Session
 
 from .delivery import Binding
@@ -47,6 +48,14 @@ class ReliableTask(Task):  # type: ignore[misc]
 
     acks_late = True
     reject_on_worker_lost = True
+    #: A failure that reaches Celery is final here (a dead letter is already kept, or the
+    #: effects are committed): acknowledge it whatever ``task_acks_on_failure_or_timeout``
+    #: says, or a broker dead-letter exchange would get a second copy.
+    acks_on_failure = True
+    #: A hard time limit (the pool kills the child) requeues the message instead of
+    #: acknowledging it as FAILURE with its claim left ``processing``: the redelivery takes
+    #: the claim over and counts a run, up to ``reliable_max_attempts``, then dead-letters it.
+    acks_on_timeout = False
     handler_key: str | None = None
     legacy_handler_keys: tuple[str, ...] = ()
     retry_policy: str | RetryPolicy | None = None
@@ -66,12 +75,57 @@ class ReliableTask(Task):  # type: ignore[misc]
             options["headers"] = {**headers, SENT_AT_HEADER: time.time()}
         return super().apply_async(args, kwargs, *a, **options)
 
+    @classmethod
+    def bind(cls, app: Any) -> Any:
+        """Celery's built-in tasks (``celery.*``) keep Celery's own acknowledgement settings.
+
+        With ``task_cls="celery_reliable:ReliableTask"`` they are made from this class too;
+        they are Celery's machinery (``chord_unlock`` polls with ``self.retry``), not
+        messages of the application, so they stay plain tasks (see ``__call__``).
+        """
+        if _builtin(cls.name):
+            for attribute in ("acks_late", "reject_on_worker_lost", "acks_on_failure"):
+                if attribute not in cls.__dict__:
+                    setattr(cls, attribute, None)  # Celery fills it from the app's settings
+        return super().bind(app)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         request = self.request_stack.top
-        if request is None or request.id is None:  # called as a function, not a message
-            return super().__call__(*args, **kwargs)
+        if request is None or request.id is None or _builtin(self.name):
+            return super().__call__(*args, **kwargs)  # not a message, or Celery's own task
         binding = self.reliable_binding()
         return binding.pipeline.deliver(self, binding.options, request, args, kwargs)
+
+    def retry(self, *args: Any, **kwargs: Any) -> Any:
+        """Celery's ``retry``, counting as Celery does; when Celery gives up, dead-letter.
+
+        Past ``max_retries`` Celery raises ``MaxRetriesExceededError`` (or re-raises the
+        body's exception): the run then ends as a dead letter with ``MaxRetriesExceeded`` at
+        once, not retried again by the task's retry policy. ``autoretry_for`` calls this too.
+        """
+        try:
+            return super().retry(*args, **kwargs)
+        except (Retry, Reject):  # retried, or the retry could not be sent: Celery's ways
+            raise
+        except Exception:
+            run = getattr(self.request, "reliable_run", None)
+            if run is not None:
+                run.gave_up_retrying = True
+            raise
+
+    def on_replace(self, sig: Any) -> Any:
+        """``replace()``: send the replacement, then end this run as done by replacement.
+
+        The replaced message counts as processed (not failed), so a redelivery of it is a
+        duplicate and sends no second replacement. The replacement is sent first: a crash
+        between the two sends it again, never loses it.
+        """
+        run = getattr(self.request, "reliable_run", None)
+        if run is None or run.eager:
+            return super().on_replace(sig)
+        sig.delay()
+        self.reliable_binding().pipeline.replaced(run)
+        raise Ignore("Replaced by new task")
 
     @property
     def message_id(self) -> str | None:
@@ -83,7 +137,11 @@ class ReliableTask(Task):  # type: ignore[misc]
         """
         if self.request.id is None:
             return None
-        return message_id_from(self.request.id, self.request.headers or {})
+        return message_id_from(
+            self.request.id,
+            self.request.headers or {},
+            replaced_nesting=getattr(self.request, "replaced_task_nesting", 0),
+        )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -113,3 +171,8 @@ class ReliableTask(Task):  # type: ignore[misc]
     def use_reliable_binding(self, binding: Binding) -> None:
         """Called by the extension: deliver this task's messages through ``binding``."""
         self._reliable_binding = binding
+
+
+def _builtin(name: str | None) -> bool:
+    """Celery's own tasks (``celery.chord_unlock``, ``celery.backend_cleanup``, ...)."""
+    return bool(name) and str(name).startswith("celery.")

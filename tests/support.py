@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 from celery import Celery
 
-from celery_reliable import Reliable
+from celery_reliable import DeadLettered, Reliable
 from celery_reliable.testing import KillableProcess, celery_command
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,14 @@ def database_url(kind: str, tmp_path: Path) -> str:
     if kind == "sqlite":
         return f"sqlite:///{tmp_path / 'store.sqlite3'}"
     return require(kind)
+
+
+def dead_lettered(result: Any, timeout: float = 30) -> DeadLettered:
+    """Wait for ``result`` to fail as a dead letter: the ``DeadLettered`` its ``.get()`` raises."""
+    with pytest.raises(DeadLettered) as caught:
+        result.get(timeout=timeout, interval=0.02)
+    assert result.failed()
+    return caught.value
 
 
 def unique(prefix: str = "t") -> str:

@@ -15,7 +15,6 @@ import sys
 import tempfile
 import time
 import uuid
-from typing import Any
 
 WORKDIR = tempfile.mkdtemp(prefix="celery-reliable-demo-")
 os.chdir(WORKDIR)  # the embedded default store is a SQLite file in the working directory
@@ -28,6 +27,7 @@ from celery_reliable import (  # noqa: E402
     DUPLICATE,
     MESSAGE_ID_HEADER,
     DeadLetter,
+    DeadLettered,
 )
 
 from . import shop  # noqa: E402
@@ -57,24 +57,22 @@ def wait_for_receipt(order_id: str, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def wait_state(result: Any, states: set[str], timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while result.state not in states:
-        if time.monotonic() > deadline:
-            raise SystemExit(f"demo: task {result.id} stuck in {result.state}")
-        time.sleep(0.05)
-    return str(result.state)
-
-
 def charge_until_dead_lettered(order_id: str, amount_cents: int) -> DeadLetter:
-    """Send a charge that is bound to fail, and return the dead-letter entry it ends in."""
+    """Send a charge that is bound to fail, and return the dead-letter entry it ends in.
+
+    The caller waits as with any Celery task: ``.get()`` raises ``DeadLettered``, which
+    names the entry.
+    """
     result = shop.charge.apply_async(
         (order_id, amount_cents), headers={MESSAGE_ID_HEADER: f"{order_id}-charge"}
     )
-    wait_state(result, {DEAD_LETTERED})
-    entry = shop.reliable.dead_letters.get(result.info["dead_letter_id"])
-    assert entry is not None
-    return entry
+    try:
+        value = result.get(timeout=60)
+    except DeadLettered as dead:
+        entry = shop.reliable.dead_letters.get(dead.entry_id)
+        assert entry is not None
+        return entry
+    raise SystemExit(f"demo: {order_id} was charged ({value}) instead of dead-lettered")
 
 
 def main() -> int:
@@ -106,10 +104,11 @@ def main() -> int:
         say(f"2. charge {order}: {first.get(timeout=30)} -> payments: {payments(order)}")
 
         again = shop.charge.apply_async((order, 4200), headers=headers)
-        state = wait_state(again, {DUPLICATE, "SUCCESS", "FAILURE"})
+        original = again.get(timeout=30)
         say(
-            f"3. the same charge delivered again (message id {order}-charge): state {state}, "
-            f"original result {again.result} -> payments still: {payments(order)}"
+            f"3. the same charge delivered again (message id {order}-charge): a {DUPLICATE}, "
+            f"not run; .get() returns the original result {original} -> payments still: "
+            f"{payments(order)}"
         )
 
         flaky = f"order-{run}-2"

@@ -6,8 +6,10 @@ engine, ``alerts`` the storm alert and ``fitting`` how an entry becomes a storab
 rows themselves are kept behind ``celery_reliable.store.dead_letter_rows``.
 """
 
+from celery_reliable.sanitize import storable
+
 from .api import DeadLetters
-from .fitting import fit_entry, storable
+from .fitting import fit_entry
 from .types import (
     DeadLetter,
     DeadLetterFilter,

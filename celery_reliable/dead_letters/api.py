@@ -11,14 +11,15 @@ publishing it again are one transaction too.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from celery import Celery
 
 from celery_reliable.clock import utcnow
 from celery_reliable.exceptions import InvalidArgument
+from celery_reliable.metrics import Counter
 from celery_reliable.outbox import Outbox
 from celery_reliable.settings import Settings
 from celery_reliable.store.base import InboxStore
@@ -39,12 +40,6 @@ from .types import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class Counter(Protocol):
-    """The metric counted per dead letter (an OpenTelemetry counter, or a no-op)."""
-
-    def add(self, amount: int, attributes: Mapping[str, str] | None = None) -> None: ...
 
 
 class DeadLetters:
@@ -153,6 +148,10 @@ class DeadLetters:
     ) -> int:
         """How many entries match every filter given."""
         return self._rows.count(_filter(matching, reason, task_name, since, until, replayed))
+
+    def depth(self) -> int:
+        """Entries not replayed yet: what the depth gauge and the health probe watch."""
+        return self.count(replayed=False)
 
     def statistics(self) -> DeadLetterStatistics:
         """Count, counts by reason, task and failure group, and the oldest entry's age."""

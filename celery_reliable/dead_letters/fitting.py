@@ -17,6 +17,7 @@ from typing import Any
 from kombu.utils import json as kombu_json
 
 from celery_reliable.clock import utcnow
+from celery_reliable.sanitize import storable
 from celery_reliable.store.limits import literal_size
 
 from .types import DeadLetter, DeadLetterReason, FailedMessage, Redactor, reason_of
@@ -65,24 +66,6 @@ def failure_group(exc: BaseException) -> str:
         where = f"{path.rsplit('/', 1)[-1]}:{frame.name}"
         break
     return f"{exception_name(exc)} @ {where or 'library code'}"[:255]
-
-
-def storable(value: str | None, length: int | None = None) -> str | None:
-    """``value`` as every store accepts it: NUL and lone surrogates escaped, cut to ``length``.
-
-    Whatever a sender put in a header (a task name, a content type, an id) ends up in a text
-    column, and so do exception messages that quote it. PostgreSQL refuses a NUL character
-    in text, no driver can encode a lone surrogate (py-amqp decodes invalid UTF-8 in headers
-    into them), and the escapes make a value longer than its column may be. Each failure
-    would keep the message out of the store for good: the intake would take it for an
-    unreachable store and requeue it for ever.
-    """
-    if not isinstance(value, str):
-        return value
-    if "\x00" in value or not value.isascii():
-        value = value.encode("utf-8", "backslashreplace").decode("utf-8")
-        value = value.replace("\x00", "\\x00")
-    return value if length is None else value[:length]
 
 
 def fit_entry(row: dict[str, Any], budget: int) -> None:

@@ -11,11 +11,20 @@ as a table, as ``inbox.decide`` is covered. The order of the failure rules:
 3. Celery's own ``Retry``/``Ignore``: the body decided, record the failure and pass it on;
 4. our store failed during the run: nobody's fault, defer and resume this claim;
 5. ``Reject(requeue=True)``: back to the broker as is;
-6. ``PermanentFailure``, ``Reject(requeue=False)``, a poison exception: dead-letter now;
-7. a poison detector's verdict: dead-letter with its reason and name;
-8. a transient exception is retried while the message has runs left under
-   ``reliable_max_attempts``; anything else while the retry policy allows;
-9. otherwise: dead-letter with ``MaxRetriesExceeded``.
+6. Celery gave up retrying (``self.retry()`` past ``max_retries``, ``autoretry_for``
+   included): dead-letter now with ``MaxRetriesExceeded``, so Celery's counts hold;
+7. ``PermanentFailure``, ``Reject(requeue=False)``, a poison exception, a misuse of
+   ``self.transaction()`` (retrying it would repeat what it committed): dead-letter now;
+8. a poison detector's verdict: dead-letter with its reason and name;
+9. an unclassified exception when the task names no ``retry_policy``: dead-letter now
+   with ``UnhandledException``, as plain Celery fails at once (a ``TypeError`` from wrong
+   arguments is a bug that a retry cannot fix);
+10. a transient exception (or an unclassified one, when the task names a policy) is
+    retried while the retry policy allows: the task's, or the ``"default"`` one;
+11. otherwise: dead-letter with ``MaxRetriesExceeded``.
+
+``reliable_max_attempts`` is not a rule here: it bounds every run, crashes included, when
+the message is claimed (:func:`decide_claim`), the last resort behind all of these.
 """
 
 from __future__ import annotations
@@ -28,7 +37,12 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from celery_reliable.classify import Classifier, Kind
 from celery_reliable.dead_letters.types import DeadLetterReason, reason_of
-from celery_reliable.exceptions import LostOwnership, PermanentFailure, StoreUnavailable
+from celery_reliable.exceptions import (
+    LostOwnership,
+    PermanentFailure,
+    StoreUnavailable,
+    TransactionMisuse,
+)
 from celery_reliable.inbox import Claim, Outcome
 from celery_reliable.poison import Verdict
 from celery_reliable.retry import RetryPolicy
@@ -56,10 +70,12 @@ class Cause(enum.Enum):
     LOST = "lost"  # LostOwnership: the claim was taken over
     STORE = "store"  # the reliable store failed during the run (ours, not the body's)
     CELERY = "celery"  # Retry or Ignore raised by the body: Celery's control flow
+    GAVE_UP = "gave_up"  # self.retry() past Celery's max_retries: its count is used up
     PERMANENT = "permanent"  # PermanentFailure: the body says stop
     REQUEUE = "requeue"  # Reject(requeue=True)
     REJECT = "reject"  # Reject(requeue=False)
     POISON = "poison"  # declared or classified poison
+    MISUSE = "misuse"  # TransactionMisuse: the body broke self.transaction()'s contract
     TRANSIENT = "transient"
     UNCLASSIFIED = "unclassified"
 
@@ -157,11 +173,13 @@ def decide_failure(
     committed: bool,
     verdict: Verdict | None,
     policy: RetryPolicy,
-    max_attempts: int,
+    explicit_policy: bool,
 ) -> Decision:
     """How a run that raised ends (the rules are listed in the module's docstring).
 
-    ``verdict`` is the detectors' finding, consulted only when ``failure.cause`` asks for it.
+    ``verdict`` is the detectors' finding, consulted only when ``failure.cause`` asks for it;
+    ``policy`` is the task's retry policy, ``explicit_policy`` whether the task named it
+    (otherwise it is the ``"default"`` policy, which retries transient errors only).
     """
     cause = failure.cause
     if cause is Cause.LOST:
@@ -179,6 +197,12 @@ def decide_failure(
         )
     if cause is Cause.REQUEUE:
         return Decision(Action.REQUEUE, record_failure=True)
+    if cause is Cause.GAVE_UP:
+        return dead_letter(
+            DeadLetterReason.MAX_RETRIES_EXCEEDED,
+            detail=f"Celery's max_retries used up on run {claim.attempts}",
+            detector="celery-max-retries",
+        )
     if cause is Cause.PERMANENT:
         if failure.reason is None:  # still dead-lettered: the body meant it to stop
             return dead_letter(DeadLetterReason.UNHANDLED_EXCEPTION, detail=failure.detail)
@@ -187,18 +211,25 @@ def decide_failure(
         return dead_letter(DeadLetterReason.MANUAL_REJECTION, detector="reject")
     if cause is Cause.POISON:
         return dead_letter(DeadLetterReason.POISON_MESSAGE, detector="exception-classification")
+    if cause is Cause.MISUSE:
+        return dead_letter(
+            DeadLetterReason.UNHANDLED_EXCEPTION,
+            detector="transaction-misuse",
+            detail=failure.message,
+        )
     if verdict is not None:
         return judged(verdict)
-    transient = cause is Cause.TRANSIENT
-    if transient:
-        may_retry = claim.attempts < max_attempts
-    else:
-        may_retry = policy.allows_retry_after(claim.attempts)
-    if not may_retry:
+    if cause is Cause.UNCLASSIFIED and not explicit_policy:
+        return dead_letter(
+            DeadLetterReason.UNHANDLED_EXCEPTION,
+            detail="not a transient exception, and the task names no retry_policy",
+            detector="exception-classification",
+        )
+    if not policy.allows_retry_after(claim.attempts):
         return dead_letter(
             DeadLetterReason.MAX_RETRIES_EXCEEDED,
             detail=f"failed on run {claim.attempts}",
-            detector="max-attempts" if transient else "retry-policy",
+            detector="retry-policy",
         )
     return Decision(
         Action.RETRY,
@@ -208,8 +239,14 @@ def decide_failure(
     )
 
 
-def failure_of(exc: Exception, *, classifier: Classifier, options: TaskOptions) -> Failure:
-    """Classify what a run raised (no I/O: type checks and the exception's cause chain)."""
+def failure_of(
+    exc: Exception, *, classifier: Classifier, options: TaskOptions, gave_up: bool = False
+) -> Failure:
+    """Classify what a run raised (no I/O: type checks and the exception's cause chain).
+
+    ``gave_up``: the run's ``self.retry()`` found Celery's ``max_retries`` used up (what it
+    raises then is the body's own exception, or ``MaxRetriesExceededError``).
+    """
     name, message = type(exc).__name__, str(exc)
     if isinstance(exc, LostOwnership):
         return Failure(Cause.LOST, name, message)
@@ -217,6 +254,10 @@ def failure_of(exc: Exception, *, classifier: Classifier, options: TaskOptions) 
         return Failure(Cause.STORE, name, message)
     if isinstance(exc, (Retry, Ignore)):
         return Failure(Cause.CELERY, name, message)
+    if gave_up:
+        return Failure(Cause.GAVE_UP, name, message)
+    if isinstance(exc, TransactionMisuse):
+        return Failure(Cause.MISUSE, name, message)
     if isinstance(exc, PermanentFailure):
         try:
             return Failure(Cause.PERMANENT, name, message, reason=reason_of(exc.reason))

@@ -32,6 +32,8 @@ class TaskOptions:
     #: The detectors the task's own options ask for (``max_age``, ``max_processing_time``).
     detectors: tuple[PoisonDetector, ...]
     retry_policy: RetryPolicy
+    #: The task named its ``retry_policy``: unclassified exceptions are retried under it.
+    explicit_policy: bool
     circuit_breaker: str | None
     #: ``max_age`` is set: detectors need the message's first-seen time from the store.
     needs_first_seen: bool
@@ -72,6 +74,7 @@ def resolve_options(
         poison=poison,
         detectors=detectors,
         retry_policy=policy,
+        explicit_policy=task.retry_policy is not None,
         circuit_breaker=breaker,
         needs_first_seen=task.max_age is not None,
     )

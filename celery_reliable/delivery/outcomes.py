@@ -1,11 +1,18 @@
 """Performing a decision: each way a delivery ends, as an exception for the caller to raise.
 
-Every method returns the exception that ends the delivery (``Ignore``, Celery's ``Retry``,
-``Reject(requeue=True)`` when the message could not be handed on, or the body's own
-exception) and the pipeline raises it where the reader sees it: ``raise
+Every method returns the exception that ends the delivery (``DeadLettered``, ``Ignore``,
+Celery's ``Retry``, ``Reject(requeue=True)`` when the message could not be handed on, or
+the body's own exception) and the pipeline raises it where the reader sees it: ``raise
 outcomes.deferred(run, ...)``. The order inside each is the guarantee: a copy is published
 (or a dead letter committed) before this delivery ends and is acknowledged, so at every
-moment the message exists somewhere.
+moment the message exists somewhere. A duplicate is the one ending that is not an
+exception: :meth:`Outcomes.duplicate` returns the first run's result for Celery to store.
+
+The ends a caller waits for are Celery's own, so ``.get()``, errbacks, chains and chords
+work as on plain Celery: a dead letter is a ``FAILURE`` whose exception is
+``DeadLettered``, a duplicate a ``SUCCESS`` with the original result. Flower still shows
+``DEAD_LETTERED`` / ``DUPLICATE``: each also sends its ``task-<state>`` event, which
+:mod:`celery_reliable.flower.events` ranks above Celery's.
 """
 
 from __future__ import annotations
@@ -13,14 +20,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol
 
 from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy import Connection
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError
 
+from celery_reliable.dead_lettered import DeadLettered
 from celery_reliable.dead_letters.types import DeadLetterReason, FailedMessage
-from celery_reliable.exceptions import LostOwnership, ReliableError
+from celery_reliable.exceptions import LostOwnership, StoreUnavailable
 from celery_reliable.inbox import Inbox
 from celery_reliable.message import (
     DEFERRALS_HEADER,
@@ -35,11 +44,20 @@ from celery_reliable.store.base import InboxStore
 from celery_reliable.store.database import Database
 
 from .decide import Action, Decision
+from .guard import InfrastructureFailure, guarded, site
 from .run import Outcome, Run
 
 logger = logging.getLogger(__name__)
 
 _MAX_DEFER_DELAY = 60.0
+
+#: The stored result of a run that ended by ``replace()``: its replacement has the result.
+REPLACED = {"celery_reliable": "replaced"}
+
+RECORD_FAILURE = site("inbox.fail", "write the run's failure on its claim")
+PUBLISH_RETRY = site("publish.retry", "publish the retry (broker, or the outbox when long)")
+PUBLISH_DEFER = site("publish.defer", "publish the deferred copy")
+DEAD_LETTER = site("dead_letter.write", "read first_seen_at, store the entry and quarantine")
 
 
 class DeadLetterSink(Protocol):
@@ -85,13 +103,22 @@ class Outcomes:
         self.settings = settings
 
     def perform(self, run: Run, decision: Decision, exc: Exception | None = None) -> BaseException:
-        """The exception that ends ``run`` as ``decision`` says (``exc``: what the run raised)."""
+        """The exception that ends ``run`` as ``decision`` says (``exc``: what the run raised).
+
+        Should one of our own calls fail while the ending is performed (a guarded site that
+        raises instead of handling its failure), the message is deferred, never failed and
+        acknowledged: its copy comes back to the same decision.
+        """
+        try:
+            return self._perform(run, decision, exc)
+        except InfrastructureFailure as failure:
+            return self.deferred(run, None, reason=str(failure))
+
+    def _perform(self, run: Run, decision: Decision, exc: Exception | None) -> BaseException:
         if decision.record_failure:
             assert exc is not None
             self.record_failure(run, exc)
         action = decision.action
-        if action is Action.DUPLICATE:
-            return self.duplicate(run)
         if action is Action.DEFER:
             return self.deferred(
                 run,
@@ -112,7 +139,8 @@ class Outcomes:
             return self.quarantined(run)
         if action is Action.LOST:
             return self.lost(run)
-        assert action in (Action.REQUEUE, Action.PASS), action  # RUN ends nothing
+        # RUN ends nothing; DUPLICATE ends with a result, not an exception (``duplicate``).
+        assert action in (Action.REQUEUE, Action.PASS), action
         assert exc is not None
         return exc  # raised as it is: Celery (or the broker) handles it
 
@@ -121,7 +149,8 @@ class Outcomes:
         if run.claim is None:
             return
         try:
-            self.inbox.fail(run.claim, f"{type(exc).__name__}: {exc}")
+            with guarded(RECORD_FAILURE):
+                self.inbox.fail(run.claim, f"{type(exc).__name__}: {exc}")
         except Exception:  # never mask the task's own exception
             logger.warning("could not record the failure of %s", run.message_id, exc_info=True)
 
@@ -133,21 +162,24 @@ class Outcomes:
         Short delays wait on the broker (Celery's countdown). Longer ones wait in the
         store, from where the relay publishes them when due: a Redis queue would hand an
         unacknowledged countdown message to another worker after its visibility timeout.
+        Run eagerly (``apply()``), the Retry carries the copy and Celery's ``apply`` runs it
+        at once, as it does for an eager ``self.retry()``: no delay, no broker.
         """
-        if run.eager:
-            return _retry(reason, exc, delay)
         run.outcome = Outcome.RETRY
         request = run.request
         headers = {**(request.headers or {}), SENT_AT_HEADER: time.time() + delay}
         signature = run.task.signature_from_request(
             request, run.args, run.kwargs, retries=(request.retries or 0) + 1, headers=headers
         )
+        if run.eager:
+            return _retry(reason, exc, delay, eager_copy=signature)
         try:
-            if delay <= self.settings.retry_max_broker_delay.total_seconds():
-                signature.apply_async(countdown=delay)
-            else:
-                with self.database.engine.begin() as conn:
-                    self.outbox.enqueue(conn, signature, countdown=delay)
+            with guarded(PUBLISH_RETRY):
+                if delay <= self.settings.retry_max_broker_delay.total_seconds():
+                    signature.apply_async(countdown=delay)
+                else:
+                    with self.database.engine.begin() as conn:
+                        self.outbox.enqueue(conn, signature, countdown=delay)
         except Exception as publish_error:
             return _caused_by(
                 Reject(f"could not schedule the retry ({publish_error}); requeued", requeue=True),
@@ -175,7 +207,7 @@ class Outcomes:
         run.outcome = Outcome.DEFERRED
         request = run.request
         if run.eager:  # no broker to come back through: say why instead of recursing
-            return ReliableError(f"message {request.id} cannot run now ({reason})")
+            return StoreUnavailable(f"message {request.id} cannot run now ({reason})")
         headers = dict(request.headers or {})
         deferrals = count_header(headers.get(DEFERRALS_HEADER)) + 1
         headers[DEFERRALS_HEADER] = deferrals
@@ -193,9 +225,10 @@ class Outcomes:
         level = logging.INFO if delay is not None else logging.WARNING
         logger.log(level, "message %s deferred %.1fs: %s", request.id, seconds, reason)
         try:
-            run.task.signature_from_request(
-                request, countdown=seconds, headers=headers
-            ).apply_async()
+            with guarded(PUBLISH_DEFER):
+                run.task.signature_from_request(
+                    request, countdown=seconds, headers=headers
+                ).apply_async()
         except Exception as exc:
             return _caused_by(Reject(f"could not defer ({exc}); requeued", requeue=True), exc)
         return _ignored()
@@ -211,6 +244,11 @@ class Outcomes:
     ) -> BaseException:
         """Store the message as a dead letter and quarantine it, in one transaction."""
         request, claim = run.request, run.claim
+        try:
+            with guarded(DEAD_LETTER):
+                first_seen = self.store.first_seen_at(run.message_id) if claim else None
+        except InfrastructureFailure as store_error:
+            return self._dead_letter_deferred(run, store_error)
         message = FailedMessage(
             message_id=run.message_id,
             task_id=request.id,
@@ -221,43 +259,77 @@ class Outcomes:
             headers=dict(request.headers or {}),
             delivery_info=_plain(request.delivery_info),
             attempts=claim.attempts if claim else 0,
-            first_seen_at=self.store.first_seen_at(run.message_id) if claim else None,
+            first_seen_at=first_seen,
             hostname=request.hostname,
         )
-        error = f"dead-lettered: {reason.value}: {detail or exc}"
         try:
-            with self.database.engine.begin() as conn:
-                if claim is not None:
-                    self.inbox.quarantine(claim, error, connection=conn)
-                entry_id = self.dead_letters.add(
-                    message, reason, exc=exc, detail=detail, detector=detector, connection=conn
-                )
+            try:
+                entry_id = self._store_dead_letter(run, message, reason, exc, detail, detector)
+            except DataError as refused:  # the message's values, not an outage: keep less
+                logger.error("message %s: dead letter refused (%s)", run.message_id, refused)
+                detail = f"{detail or ''} (stored without arguments and headers: {refused})"
+                bare = replace(message, args=[], kwargs={}, headers={})
+                entry_id = self._store_dead_letter(run, bare, reason, exc, detail, detector)
         except LostOwnership:
             logger.warning("message %s: another delivery took it over", run.message_id)
             return _caused_by(_ignored(), None)
-        except DBAPIError as store_error:
-            return self.deferred(
-                run,
-                claim.version if claim else None,
-                reason=f"store unavailable while dead-lettering: {store_error}",
-            )
+        except (InfrastructureFailure, DataError) as store_error:
+            return self._dead_letter_deferred(run, store_error)
         try:
             self.dead_letters.check_alert()
         except Exception:
             logger.warning("dead-letter alert check failed", exc_info=True)
-        meta = {
-            "dead_letter_id": entry_id,
-            "reason": reason.value,
-            "detector": detector,
-            "exc_type": type(exc).__name__ if exc is not None else None,
-            "exc_message": str(exc) if exc is not None else detail,
-        }
         run.outcome = Outcome.DEAD_LETTERED
-        _announce(run, DEAD_LETTERED, meta)
-        return _ignored()
+        logger.warning(
+            "message %s (%s) dead-lettered as %s: entry %s",
+            run.message_id,
+            run.task.name,
+            reason.value,
+            entry_id,
+        )
+        _event(
+            run,
+            DEAD_LETTERED,
+            dead_letter_id=entry_id,
+            reason=reason.value,
+            detector=detector,
+            exc_type=type(exc).__name__ if exc is not None else None,
+            exc_message=str(exc) if exc is not None else detail,
+        )
+        return DeadLettered.of(reason.value, entry_id, exc, detail)
+
+    def _store_dead_letter(
+        self,
+        run: Run,
+        message: FailedMessage,
+        reason: DeadLetterReason,
+        exc: BaseException | None,
+        detail: str | None,
+        detector: str | None,
+    ) -> int:
+        """Commit the dead letter and the claim's quarantine together; the entry's id."""
+        error = f"dead-lettered: {reason.value}: {detail or exc}"
+        with guarded(DEAD_LETTER), self.database.engine.begin() as conn:
+            if run.claim is not None:
+                self.inbox.quarantine(run.claim, error, connection=conn)
+            return self.dead_letters.add(
+                message, reason, exc=exc, detail=detail, detector=detector, connection=conn
+            )
+
+    def _dead_letter_deferred(self, run: Run, store_error: BaseException) -> BaseException:
+        """The store failed while dead-lettering: defer, and let the copy resume the claim."""
+        return self.deferred(
+            run,
+            run.claim.version if run.claim else None,
+            reason=f"store unavailable while dead-lettering: {store_error}",
+        )
 
     def quarantined(self, run: Run) -> BaseException:
-        """Another copy of a message that was already dead-lettered: it stays dead."""
+        """Another copy of a message that was already dead-lettered: it stays dead.
+
+        It fails as the dead letter did (``DeadLettered``), without the entry id: finding
+        it would cost a search of the dead letters on every such copy.
+        """
         assert run.claim is not None
         logger.warning(
             "message %s (%s) is quarantined; this copy is not run",
@@ -265,25 +337,31 @@ class Outcomes:
             run.claim.handler_key,
         )
         run.outcome = Outcome.DEAD_LETTERED
-        _announce(run, DEAD_LETTERED, {"reason": "already dead-lettered", "dead_letter_id": None})
-        return _ignored()
+        detail = "a copy of a message already dead-lettered"
+        _event(run, DEAD_LETTERED, reason=DeadLetterReason.POISON_MESSAGE.value, detail=detail)
+        return DeadLettered.of(DeadLetterReason.POISON_MESSAGE.value, None, None, detail)
 
-    def duplicate(self, run: Run) -> BaseException:
-        """Completed before: end in state DUPLICATE with the first run's result."""
+    def duplicate(self, run: Run) -> Any:
+        """Completed before: the first run's result, for Celery to store as this SUCCESS.
+
+        Returned, not raised, so Celery goes on as after a run: a chain's next step, a
+        chord part counted, ``link`` callbacks. Flower sees the ``task-duplicate`` event.
+        A run that ended by ``replace()`` has no result of its own: its duplicate ends as
+        the replaced run did, with ``Ignore`` (the replacement reports the result).
+        """
         claim = run.claim
         assert claim is not None
         run.outcome = Outcome.DUPLICATE
         logger.info(
-            "message %s (%s) already processed: skipped", claim.message_id, claim.handler_key
+            "message %s (%s) already processed: skipped, returning its stored result",
+            claim.message_id,
+            claim.handler_key,
         )
-        _announce(
-            run,
-            DUPLICATE,
-            self.inbox.decode_result(claim.result),
-            message_id=claim.message_id,
-            handler_key=claim.handler_key,
-        )
-        return _ignored()
+        result = self.inbox.decode_result(claim.result)
+        _event(run, DUPLICATE, message_id=claim.message_id, handler_key=claim.handler_key)
+        if result == REPLACED:
+            raise _ignored()
+        return result
 
     def lost(self, run: Run) -> BaseException:
         """Another delivery took the claim over: its run finishes the message."""
@@ -302,9 +380,13 @@ def _ignored() -> BaseException:
     return ignore
 
 
-def _retry(reason: str, exc: BaseException | None, delay: float) -> BaseException:
-    """Celery's Retry: the task ends in state RETRY (its copy is already on its way)."""
-    retry: BaseException = Retry(reason, exc=exc, when=delay)
+def _retry(
+    reason: str, exc: BaseException | None, delay: float, *, eager_copy: Any = None
+) -> BaseException:
+    """Celery's Retry: the task ends in state RETRY (its copy is already on its way, or is
+    ``eager_copy``, which an eager ``apply()`` runs next)."""
+    eager = eager_copy is not None
+    retry: BaseException = Retry(reason, exc=exc, when=delay, is_eager=eager, sig=eager_copy)
     return retry
 
 
@@ -315,23 +397,10 @@ def _caused_by(exc: BaseException, cause: BaseException | None) -> BaseException
     return exc
 
 
-def _announce(run: Run, state: str, meta: Any, **event_fields: Any) -> None:
-    """Set the custom state in the result backend and tell Flower (a task-<state> event).
-
-    The task then ends with Ignore, which sends no task-succeeded/failed event that would
-    override the state in Flower.
-    """
-    task, request = run.task, run.request
-    announce(
-        task.backend,
-        request.id,
-        state,
-        meta,
-        send_event=task.send_event,
-        store=not request.ignore_result,
-        request=request,
-        event_fields=event_fields,
-    )
+def _event(run: Run, state: str, **fields: Any) -> None:
+    """Tell Flower (a ``task-<state>`` event); the backend keeps Celery's own state."""
+    task = run.task
+    announce(task.backend, run.request.id, state, fields, send_event=task.send_event, store=False)
 
 
 def _plain(delivery_info: Mapping[str, Any] | None) -> dict[str, Any]:

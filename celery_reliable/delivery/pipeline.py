@@ -4,13 +4,14 @@ The completion mark commits in the same transaction as the body's writes made th
 ``self.transaction()``. Deliveries that must not run the body end without touching what
 another delivery owns:
 
-- ``DUPLICATE`` state with the original result, when the message was already completed;
+- the original result, returned as this run's (Celery's ``SUCCESS``), when the message was
+  already completed;
 - a deferred copy (same message id, published with a delay), when a live delivery holds
   the claim or the store is unreachable: this copy may be the only one left, so it is
   never dropped;
 - the failure lifecycle when the body raised, an open circuit breaker holds the message
-  back, or the message is poison: a retry (state ``RETRY``) or a dead letter (state
-  ``DEAD_LETTERED``).
+  back, or the message is poison: a retry (state ``RETRY``) or a dead letter (Celery's
+  ``FAILURE`` with a ``DeadLettered`` exception).
 
 What happens is decided in :mod:`.decide` and performed by :mod:`.outcomes`; this module
 only sequences the steps. Its collaborators are handed in by ``Reliable`` (the extension
@@ -19,6 +20,7 @@ builds one pipeline per app), never looked up.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -27,7 +29,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from celery_reliable.classify import Classifier
@@ -36,7 +37,6 @@ from celery_reliable.dead_letters.types import DeadLetterReason
 from celery_reliable.exceptions import (
     ClaimUncertain,
     InvalidMessageId,
-    StoreUnavailable,
     TransactionMisuse,
 )
 from celery_reliable.inbox import Claim, Inbox
@@ -49,9 +49,22 @@ from celery_reliable.store.base import InboxStore
 from celery_reliable.store.database import Database
 
 from .decide import Action, dead_letter, decide_claim, decide_failure, failure_of, judged
+from .guard import InfrastructureFailure, guarded, site
+from .lease import LeaseKeeper
+from .misuse import CommitGuard
 from .options import TaskOptions
-from .outcomes import DeadLetterSink, Outcomes
+from .outcomes import REPLACED, DeadLetterSink, Outcomes
 from .run import Outcome, Run
+
+logger = logging.getLogger(__name__)
+
+BREAKER_ADMIT = site("breaker.admit", "ask the task's circuit breaker before claiming")
+BREAKER_RECORD = site("breaker.record", "report the run's success or failure to the breaker")
+CLAIM = site("inbox.claim", "claim the message in the inbox")
+FIRST_SEEN = site("detectors.first_seen", "read when the message was first seen, for detectors")
+COMPLETE = site("inbox.complete", "commit the completion mark (a body without a transaction)")
+COMMIT = site("transaction.commit", "commit self.transaction()'s writes with the mark")
+SAVE_RESULT = site("inbox.save_result", "attach the result after self.transaction()'s commit")
 
 if TYPE_CHECKING:
     from celery_reliable.breakers import Admission, Breakers
@@ -93,6 +106,7 @@ class Pipeline:
         self.poison_detectors = poison_detectors
         self.metrics = metrics
         self.settings = settings
+        self.leases = LeaseKeeper(store, settings.stuck_threshold)
         self.outcomes = Outcomes(
             inbox=inbox,
             store=store,
@@ -112,7 +126,11 @@ class Pipeline:
     ) -> Any:
         """Run ``task``'s body for the message of ``request`` at most once, or end otherwise."""
         try:
-            message_id = message_id_from(request.id, request.headers or {})
+            message_id = message_id_from(
+                request.id,
+                request.headers or {},
+                replaced_nesting=getattr(request, "replaced_task_nesting", 0),
+            )
         except InvalidMessageId as exc:
             ending = self._invalid_message_id(
                 Run(task, options, request, args, kwargs, _fallback_id(request.id)), exc
@@ -128,9 +146,7 @@ class Pipeline:
         started = time.monotonic()
         self.metrics.record_start(task, headers)
         try:
-            result = self._run(run)
-            run.outcome = Outcome.COMPLETED
-            return result
+            return self._run(run)
         finally:
             self.metrics.record_delivery(task, run.outcome.value, time.monotonic() - started)
 
@@ -155,33 +171,75 @@ class Pipeline:
         decision = decide_claim(
             claim, open_breaker=run.options.circuit_breaker if held_back else None
         )
+        if decision.action is Action.DUPLICATE:
+            return self.outcomes.duplicate(run)
         if decision.action is not Action.RUN:
             raise self.outcomes.perform(run, decision)
         if claim.attempts > 1:  # a message that comes back may have become poison meanwhile
-            verdict = self._judge(run, None)
+            try:
+                verdict = self._judge(run, None)
+            except InfrastructureFailure as exc:  # the body has not run: resume this claim
+                raise self.outcomes.deferred(
+                    run, claim.version, reason=str(exc), unrun=True
+                ) from exc
             if verdict is not None:
                 raise self.outcomes.perform(run, judged(verdict))
         run.request.reliable_run = run
         try:
-            result = run.task.run(*run.args, **run.kwargs)
+            with self.leases.kept(claim):
+                result = run.task.run(*run.args, **run.kwargs)
             if run.completed:
-                self.inbox.save_result(claim, result)
+                self._save_result(run, result)
             else:
-                self.inbox.complete(claim, result)
+                with guarded(COMPLETE):
+                    self.inbox.complete(claim, result)
         except Exception as exc:
             ending = self._failed(run, exc, admission)  # may be exc itself: raised as it is
         else:
             if admission is not None:
-                self.breakers.record_success(admission.name, admission)
+                self._record_breaker(admission, None)
+            run.outcome = Outcome.COMPLETED
             return result
         raise ending
+
+    def _save_result(self, run: Run, result: Any) -> None:
+        """Attach the result to the mark ``self.transaction()`` committed.
+
+        The run is done whatever happens here: a store that fails now costs the result
+        (a later duplicate returns None), never the run's success.
+        """
+        assert run.claim is not None
+        try:
+            with guarded(SAVE_RESULT):
+                self.inbox.save_result(run.claim, result)
+        except Exception:
+            logger.warning(
+                "message %s completed, but its result could not be saved",
+                run.message_id,
+                exc_info=True,
+            )
+
+    def _record_breaker(self, admission: Admission, exc: Exception | None) -> None:
+        """Tell the breaker how the run went; never changes how the delivery ends."""
+        try:
+            with guarded(BREAKER_RECORD):
+                if exc is None:
+                    self.breakers.record_success(admission.name, admission)
+                else:
+                    self.breakers.record_failure(admission.name, exc, admission)
+        except InfrastructureFailure as failure:
+            logger.warning("circuit breaker %s not updated: %s", admission.name, failure)
 
     def _admit(self, run: Run) -> Admission | None:
         """Ask the task's circuit breaker; an open one with ``on_open="delay"`` ends here."""
         name = run.options.circuit_breaker
         if name is None:
             return None
-        admission = self.breakers.admit(name)
+        try:
+            with guarded(BREAKER_ADMIT):
+                admission = self.breakers.admit(name)
+        except InfrastructureFailure as exc:  # not claimed: the copy is the same attempt
+            raise self.outcomes.deferred(run, None, reason=str(exc)) from exc
         if not admission.allowed and self.breakers.on_open(name) == "delay":
             # Not claimed, so no attempt is spent: the message only waits.
             raise self.outcomes.retried(
@@ -193,19 +251,20 @@ class Pipeline:
         request, options = run.request, run.options
         headers = request.headers or {}
         try:
-            return self.inbox.claim(
-                run.message_id,
-                options.handler_key,
-                task_name=run.task.name,
-                owner=f"{request.hostname or socket.gethostname()}:{os.getpid()}",
-                redelivered=bool((request.delivery_info or {}).get("redelivered")),
-                legacy_keys=options.legacy_keys,
-                resumes_version=headers.get(RESUMES_HEADER),
-                resumes_unrun=headers.get(RESUMES_UNRUN_HEADER) is True,
-            )
+            with guarded(CLAIM):
+                return self.inbox.claim(
+                    run.message_id,
+                    options.handler_key,
+                    task_name=run.task.name,
+                    owner=f"{request.hostname or socket.gethostname()}:{os.getpid()}",
+                    redelivered=bool((request.delivery_info or {}).get("redelivered")),
+                    legacy_keys=options.legacy_keys,
+                    resumes_version=headers.get(RESUMES_HEADER),
+                    resumes_unrun=headers.get(RESUMES_UNRUN_HEADER) is True,
+                )
         except ClaimUncertain as exc:  # the claim may have committed: its copy may resume it
             ending = self.outcomes.deferred(run, exc.version, reason=str(exc), unrun=True)
-        except DBAPIError as exc:
+        except InfrastructureFailure as exc:
             ending = self.outcomes.deferred(
                 run, None, reason=f"store unavailable while claiming: {exc}"
             )
@@ -215,17 +274,25 @@ class Pipeline:
         """The exception that ends a run whose body (or completion) raised ``exc``."""
         claim = run.claim
         assert claim is not None
-        failure = failure_of(exc, classifier=self.classifier, options=run.options)
+        failure = failure_of(
+            exc, classifier=self.classifier, options=run.options, gave_up=run.gave_up_retrying
+        )
         consulted = not run.completed and failure.cause.consults_detectors
         if admission is not None and not run.completed and failure.cause.is_body_error:
-            self.breakers.record_failure(admission.name, exc, admission)
+            self._record_breaker(admission, exc)
+        verdict = None
+        if consulted:
+            try:
+                verdict = self._judge(run, exc)
+            except InfrastructureFailure as store_error:  # decided as the store's failure
+                failure = failure_of(store_error, classifier=self.classifier, options=run.options)
         decision = decide_failure(
             failure,
             claim=claim,
             committed=run.completed,
-            verdict=self._judge(run, exc) if consulted else None,
+            verdict=verdict,
             policy=run.options.retry_policy,
-            max_attempts=self.settings.max_attempts,
+            explicit_policy=run.options.explicit_policy,
         )
         return self.outcomes.perform(run, decision, exc)
 
@@ -238,7 +305,8 @@ class Pipeline:
         assert claim is not None
         first_seen = None
         if run.options.needs_first_seen or self.poison_detectors:
-            first_seen = self.store.first_seen_at(run.message_id)
+            with guarded(FIRST_SEEN):
+                first_seen = self.store.first_seen_at(run.message_id)
         return judge(
             detectors,
             FailureContext(
@@ -254,6 +322,13 @@ class Pipeline:
                 kwargs=run.kwargs,
             ),
         )
+
+    def replaced(self, run: Run) -> None:
+        """The run ended by ``replace()``: its message is done, by its replacement."""
+        if not run.completed:  # else its transaction already completed it
+            assert run.claim is not None
+            self.inbox.complete(run.claim, REPLACED)
+            run.completed = True
 
     @contextmanager
     def transaction(self, request: Any) -> Iterator[Session]:
@@ -276,13 +351,16 @@ class Pipeline:
             )
         run.transaction_entered = True
         assert run.claim is not None
-        try:
-            with Session(self.database.engine) as session, session.begin():
-                yield session
+        with Session(self.database.engine) as session:  # closing it rolls back
+            transaction = session.begin()
+            commits = CommitGuard(session, transaction)
+            yield session  # what the body raises here ends the run as the body's failure
+            commits.check()
+            with guarded(COMMIT, with_body=True):  # a failure is a StoreUnavailable: deferred
                 session.flush()
                 self.inbox.complete(run.claim, connection=session.connection())
-        except (OperationalError, InterfaceError) as exc:
-            raise StoreUnavailable(f"store failed during the task's transaction: {exc}") from exc
+                commits.allow()
+                transaction.commit()
         run.completed = True
 
 

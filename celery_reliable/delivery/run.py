@@ -47,6 +47,8 @@ class Run:
     transaction_entered: bool = False
     #: The completion mark is committed with the body's writes.
     completed: bool = False
+    #: ``self.retry()`` found Celery's ``max_retries`` used up during this run.
+    gave_up_retrying: bool = False
 
     @property
     def eager(self) -> bool:

@@ -87,6 +87,11 @@ class InboxStore(Protocol):
     def save_result(self, message_id: str, handler_key: str, result: str) -> None:
         """Attach the return value to an already completed row."""
 
+    def renew_lease(
+        self, message_id: str, handler_key: str, expected_version: int, now: datetime
+    ) -> bool:
+        """Move a running claim's lease to ``now`` if still at that version and processing."""
+
     def lift_quarantine(
         self, message_ids: Sequence[str], handler_key: str | None, *, connection: Any
     ) -> int:

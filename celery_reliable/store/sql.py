@@ -17,6 +17,8 @@ from sqlalchemy import Connection, Insert, bindparam, case, insert, select, upda
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
+from celery_reliable.sanitize import storable
+
 from .base import Status, StatusRow
 from .bulk import is_any_of
 from .database import Database
@@ -76,6 +78,11 @@ class SqlStore:
                 result=bindparam("b_result"),
                 last_error=bindparam("b_error"),
             )
+        )
+        self._renew = (
+            update(status)
+            .where(fenced & (status.c.status == Status.PROCESSING.value))
+            .values(processing_started_at=bindparam("b_now"))
         )
         self._save_result = (
             update(status)
@@ -200,7 +207,7 @@ class SqlStore:
             "b_new_status": status.value,
             "b_completed_at": now if status is Status.COMPLETED else None,
             "b_result": self._bounded(result, message_id, "result", cut=False),
-            "b_error": self._bounded(error, message_id, "error", cut=True),
+            "b_error": self._bounded(storable(error), message_id, "error", cut=True),
         }
         if connection is not None:
             return connection.execute(self._finish, params).rowcount == 1
@@ -212,6 +219,18 @@ class SqlStore:
         params = {"b_message_id": message_id, "b_handler_key": handler_key, "b_result": bounded}
         with self.database.autocommit.begin() as conn:
             conn.execute(self._save_result, params)
+
+    def renew_lease(
+        self, message_id: str, handler_key: str, expected_version: int, now: datetime
+    ) -> bool:
+        params = {
+            "b_message_id": message_id,
+            "b_handler_key": handler_key,
+            "b_expected_version": expected_version,
+            "b_now": now,
+        }
+        with self.database.autocommit.begin() as conn:
+            return conn.execute(self._renew, params).rowcount == 1
 
     @cached_property
     def _value_budget(self) -> int | None:

@@ -36,7 +36,7 @@ def migrated(env):
         (APP, ("outbox", "stats", "--json"), '"due": 0'),
         (APP, ("inbox", "stats", "--json"), '"poisoned": 0'),
         (APP, ("cleanup", "--dry-run", "--json"), '"skipped": false'),
-        (LIFECYCLE_APP, ("breakers", "--json"), '"payment-service": "closed"'),
+        (LIFECYCLE_APP, ("breakers", "--json"), '"payment-service": "unknown (per process)"'),
         (APP, ("health", "--ready", "--json"), '"status": "ok"'),
     ],
     ids=["db", "relay", "dlq", "outbox", "inbox", "maintenance", "breakers", "health"],

@@ -51,7 +51,7 @@ def run_demo(*, base_install_only: bool = False, **overrides: str) -> str:
 def assert_the_story(stdout: str) -> None:
     """Every step the README promises shows, with the effects it claims."""
     assert "relay published 1 message -> receipts: 1" in stdout
-    assert "state DUPLICATE" in stdout
+    assert "a DUPLICATE, not run; .get() returns the original result" in stdout
     assert "payments still: 1" in stdout
     assert "DEAD_LETTERED after 3 runs" in stdout
     assert "MaxRetriesExceeded" in stdout

@@ -1,8 +1,10 @@
-"""A real Flower process shows the custom end states: DEAD_LETTERED, DUPLICATE and RETRY.
+"""``celery reliable flower`` shows the custom end states: DEAD_LETTERED, DUPLICATE, RETRY.
 
-Flower builds task states from worker events. ReliableTask sends ``task-dead_lettered`` and
-``task-duplicate`` and then ends without a succeeded/failed event that would override them;
-a retry is Celery's own ``task-retried``.
+Flower builds task states from worker events. A dead letter ends as Celery's FAILURE and a
+duplicate as its SUCCESS (so callers, errbacks and canvas see what plain Celery reports),
+and ReliableTask also sends ``task-dead_lettered`` / ``task-duplicate``; the Flower that
+``celery reliable flower`` starts ranks those two above FAILURE and SUCCESS, whichever
+event comes first. A retry is Celery's own ``task-retried``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,10 @@ def free_port() -> int:
 def flower(stack: Stack) -> Iterator[str]:
     port = free_port()
     process = celery_process(
-        ["-A", APP, "flower", f"--port={port}", "--address=127.0.0.1"],
+        [
+            *("-A", APP, "reliable", "flower", f"--port={port}", "--address=127.0.0.1"),
+            "--dead-letters-allow-unauthenticated",
+        ],
         {**stack.env, "FLOWER_UNAUTHENTICATED_API": "true"},
         stack.dir / "flower.log",
     )

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from celery.exceptions import NotRegistered, TaskRevokedError
 
-from celery_reliable import MESSAGE_ID_HEADER, DeadLetterReason
+from celery_reliable import MESSAGE_ID_HEADER, DeadLettered, DeadLetterReason
 from celery_reliable.testing import FaultyLink, wait_for
 from tests.support import require
 
@@ -103,21 +104,27 @@ def test_an_unknown_task_name_is_dead_lettered_with_its_arguments(postgres_stack
             headers={MESSAGE_ID_HEADER: "order-9-refund"},
         )
         entry = the_entry(stack, DeadLetterReason.HANDLER_NOT_FOUND)
-        # Celery stores FAILURE (NotRegistered) first; an AsyncResult that saw it keeps it.
+        # Celery stores FAILURE (NotRegistered) first, then ours replaces it: a caller's
+        # .get() raises DeadLettered, which is also Celery's NotRegistered.
         state = wait_for(
-            lambda: (r := results(backend).AsyncResult(sent.id)).state == "DEAD_LETTERED" and r,
+            lambda: (
+                isinstance((r := results(backend).AsyncResult(sent.id)).result, DeadLettered) and r
+            ),
             30,
-            what="DEAD_LETTERED in the backend",
+            what="DeadLettered in the backend",
         )
-        assert state.info["dead_letter_id"] == entry.id
-        assert state.info["reason"] == "HandlerNotFound"
+        assert state.state == "FAILURE"
+        assert state.failed()
+        assert (state.result.entry_id, state.result.reason) == (entry.id, "HandlerNotFound")
+        with pytest.raises(NotRegistered):
+            state.get(timeout=5, propagate=True)
         wait_for(
             lambda: [e for e in events if e["type"] == "task-dead_lettered"],
             30,
             what="the task-dead_lettered event",
         )
-        (event,) = [e for e in events if e["type"] == "task-dead_lettered"]
-        assert (event["uuid"], event["dead_letter_id"]) == (sent.id, entry.id)
+        dead = [e for e in events if e["type"] == "task-dead_lettered"]
+        assert [(e["uuid"], e["dead_letter_id"]) for e in dead] == [(sent.id, entry.id)], events
         still_working(stack, worker)
 
     assert (entry.message_id, entry.task_id, entry.task_name) == (
@@ -194,16 +201,23 @@ def test_a_message_expired_on_arrival_is_dead_lettered_not_just_revoked(postgres
     with stack.worker(RT_BACKEND=backend) as worker:
         task_id = publish_expired(stack, expired_at)
         entry = the_entry(stack, DeadLetterReason.MESSAGE_EXPIRED)
-        seen = []  # REVOKED is a ready state an AsyncResult would keep: it must never show
+        # REVOKED, as plain Celery stores an expired message, and a ready state: the first
+        # one an AsyncResult sees must already carry the dead letter.
+        seen = []
 
-        def dead_lettered() -> Any:
+        def revoked() -> Any:
             result = results(backend).AsyncResult(task_id)
             seen.append(result.state)
-            return result.state == "DEAD_LETTERED" and result
+            return result.state == "REVOKED" and result
 
-        state = wait_for(dead_lettered, 30, what="DEAD_LETTERED, not REVOKED")
-        assert "REVOKED" not in seen
-        assert state.info["dead_letter_id"] == entry.id
+        state = wait_for(revoked, 30, what="REVOKED")
+        assert isinstance(state.result, DeadLettered)
+        assert isinstance(state.result, TaskRevokedError)
+        assert (state.result.entry_id, state.result.reason) == (entry.id, "MessageExpired")
+        assert not state.failed()  # as on plain Celery: an expired task is revoked
+        with pytest.raises(DeadLettered):
+            state.get(timeout=5)
+        assert set(seen) <= {"PENDING", "REVOKED"}
         still_working(stack, worker)
         assert stack.count("runs") == 1  # the normal message only
 

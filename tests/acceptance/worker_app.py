@@ -79,3 +79,23 @@ def kill_own_process(self, times):
         os.kill(os.getpid(), signal.SIGKILL)
     with self.transaction() as session:
         session.execute(effects.insert().values(message_id=self.request.id))
+
+
+@app.task(base=ReliableTask, bind=True, name="overruns", time_limit=2)
+def overruns(self, times):
+    """Runs past its hard time limit (the pool kills it) on its first ``times`` runs."""
+    note("runs")
+    if len((DIR / "runs").read_text().split()) <= times:
+        time.sleep(30)
+    with self.transaction() as session:
+        session.execute(effects.insert().values(message_id=self.request.id))
+
+
+@app.task(base=ReliableTask, bind=True, name="slow_effect")
+def slow_effect(self, seconds):
+    """One effect after a run of ``seconds``: longer than the lease when a test wants it."""
+    note("runs")
+    note(f"reached-{self.message_id}")
+    time.sleep(seconds)
+    with self.transaction() as session:
+        session.execute(effects.insert().values(message_id=self.request.id))

@@ -11,10 +11,9 @@ import pytest
 from celery.contrib.testing.worker import start_worker
 
 from celery_reliable import DeadLetterReason, Reliable, ReliableTask, RetryPolicy
-from celery_reliable.states import DEAD_LETTERED
 from celery_reliable.store.base import Status
 from celery_reliable.testing import drop_store, wait_for
-from tests.support import make_app, require, unique
+from tests.support import dead_lettered, make_app, require, unique
 
 
 class Gateway:
@@ -105,8 +104,7 @@ def test_on_open_dead_letter_dead_letters_instead_of_waiting(setup):
     first = app.tasks["strict_pay"].delay()  # fails (no retries budget matters: it opens)
     wait_for(lambda: reliable.breakers.states()["strict"] == "open", 30, what="opening")
     second = app.tasks["strict_pay"].delay()
-    wait_for(lambda: second.state == DEAD_LETTERED, 30, what="the dead letter")
-    entry = reliable.dead_letters.get(second.info["dead_letter_id"])
+    entry = reliable.dead_letters.get(dead_lettered(second).entry_id)
     assert entry.reason is DeadLetterReason.CIRCUIT_BREAKER_OPEN
     assert gateway.calls[second.id] == 0  # never ran
     assert first.id != second.id

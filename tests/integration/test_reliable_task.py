@@ -12,11 +12,10 @@ from celery.signals import task_postrun
 from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
 from sqlalchemy.exc import OperationalError
 
-from celery_reliable import DUPLICATE, MESSAGE_ID_HEADER, Reliable, ReliableTask
-from celery_reliable.states import DEAD_LETTERED
+from celery_reliable import MESSAGE_ID_HEADER, Reliable, ReliableTask
 from celery_reliable.store.base import Status
 from celery_reliable.testing import wait_for
-from tests.support import make_app
+from tests.support import dead_lettered, make_app
 
 
 class Harness:
@@ -203,20 +202,20 @@ def test_a_redelivered_task_id_does_not_run_again(h):
     task_id = str(uuid.uuid4())
     assert get(charge.apply_async((3,), task_id=task_id)) == {"charged": 3}
     charge.apply_async((3,), task_id=task_id)
-    assert h.wait_states(task_id, 2) == ["SUCCESS", "IGNORED"]
+    assert h.wait_states(task_id, 2) == ["SUCCESS", "SUCCESS"]  # the duplicate returns it
     assert h.body_runs[task_id] == 1
     assert h.effect_rows() == [(task_id, 3)]
     # Celery's backend keeps a SUCCESS once stored: the original result stays readable.
     assert get(charge.AsyncResult(task_id)) == {"charged": 3}
 
 
-def test_a_business_key_duplicate_ends_in_DUPLICATE_with_the_original_result(h):
+def test_a_business_key_duplicate_returns_the_original_result(h):
     charge = h.app.tasks["charge"]
     headers = {MESSAGE_ID_HEADER: f"order-{uuid.uuid4()}"}
     assert get(charge.apply_async((9,), headers=headers)) == {"charged": 9}
     second = charge.apply_async((9,), headers=headers)
-    wait_for(lambda: second.state == DUPLICATE, 30, what="DUPLICATE state")
-    assert second.result == {"charged": 9}
+    assert get(second) == {"charged": 9}
+    assert second.successful()
     assert sum(h.body_runs.values()) == 1
     assert len(h.effect_rows()) == 1
 
@@ -226,9 +225,8 @@ def test_a_renamed_handler_keeps_its_history_through_legacy_keys(h):
     old = h.reliable.inbox.claim("order-7", "charge_card", task_name="charge_card", owner="v1")
     h.reliable.inbox.complete(old, "old result")
     result = h.app.tasks["renamed"].apply_async(headers={MESSAGE_ID_HEADER: "order-7"})
-    wait_for(lambda: result.state == DUPLICATE, 30, what="DUPLICATE state")
+    assert get(result) == "old result"
     assert h.body_runs["renamed"] == 0
-    assert result.result == "old result"
     fresh = h.app.tasks["renamed"].apply_async(headers={MESSAGE_ID_HEADER: "order-8"})
     assert h.wait_states(fresh.id, 1) == ["SUCCESS"]
     assert h.body_runs["renamed"] == 1
@@ -265,11 +263,11 @@ def test_the_body_sees_its_message_id_to_pass_on_as_an_idempotency_key(h):
 
 def test_attempts_are_capped_by_max_attempts_and_the_message_is_dead_lettered(h):
     result = h.app.tasks["flaky"].delay()  # retries itself forever
-    wait_for(lambda: result.state == DEAD_LETTERED, 30, what="DEAD_LETTERED state")
+    failure = dead_lettered(result)
     assert h.body_runs["flaky"] == 3
     row = h.status(result.id, "flaky")
     assert (row.status, row.attempts) == (Status.POISONED, 3)
-    entry = h.reliable.dead_letters.get(result.info["dead_letter_id"])
+    entry = h.reliable.dead_letters.get(failure.entry_id)
     assert (entry.reason, entry.detector, entry.attempts) == ("PoisonMessage", "max-attempts", 3)
     assert entry.message_id == result.id
 
@@ -283,7 +281,7 @@ def test_a_second_delivery_while_the_first_runs_waits_then_is_a_duplicate(h):
     assert h.wait_states(second.id, 1) == ["IGNORED"]  # it deferred itself
     h.release.set()
     assert get(first) == "done"
-    wait_for(lambda: second.state == DUPLICATE, 30, what="deferred copy to be a DUPLICATE")
+    assert get(second) == "done"  # the deferred copy was a duplicate
     assert h.body_runs["slow"] == 1
 
 

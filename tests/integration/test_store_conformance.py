@@ -19,16 +19,22 @@ import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import DBAPIError
 
+from celery_reliable.dead_letters import DeadLetterFilter, FailedMessage
+from celery_reliable.dead_letters.fitting import entry_row, fit_row
 from celery_reliable.store import Database, SqlStore, Tables, build_tables, migrate
 from celery_reliable.store.base import Status
+from celery_reliable.store.dead_letter_rows import SqlDeadLetterRows
 from celery_reliable.store.outbox_rows import OutboxRows
 
 #: Each port's adapters: the classes built with ``(database, tables)``.
 INBOX_STORES: list[type[Any]] = [SqlStore]
 OUTBOX_ROWS: list[type[Any]] = [OutboxRows]
+#: Built with ``(database, tables, delete_in_batches)``.
+DEAD_LETTER_ROWS: list[type[Any]] = [SqlDeadLetterRows]
 
 NOW = datetime(2026, 1, 1, 12, 0, 0, 250_000, tzinfo=timezone.utc)  # sub-second on purpose
 LATER = NOW + timedelta(minutes=5)
+LATER_GAP = timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -286,3 +292,85 @@ def test_a_keys_rows_go_in_order_and_a_held_head_holds_its_key_only(rows, store)
     assert take(rows, "d", now=LATER) == ["k1"]
     assert rows.mark_sent([head], "d", LATER) == 1
     assert take(rows, "e", now=LATER) == ["k2", "k3"]
+
+
+# The dead-letter rows port ---------------------------------------------------------------
+
+
+def batch_delete(database: Database) -> Any:
+    """What ``Maintenance.delete_in_batches`` is to the adapter: delete matching rows."""
+
+    def delete_rows(table: Any, where: Any) -> int:
+        with database.engine.begin() as conn:
+            return int(conn.execute(delete(table).where(where)).rowcount)
+
+    return delete_rows
+
+
+@pytest.fixture(params=DEAD_LETTER_ROWS, ids=lambda cls: cls.__name__)
+def letters(request: pytest.FixtureRequest, store: Store) -> Any:
+    return request.param(store.database, store.tables, batch_delete(store.database))
+
+
+def letter(
+    letters: Any, message_id: str, *, reason: str = "PoisonMessage", task: str = "t", **extra: Any
+) -> int:
+    message = FailedMessage(message_id=message_id, task_id=message_id, task_name=task, args=[1])
+    row = entry_row(message, reason, exc=ValueError("no"), detail=None, detector="d", redactor=None)
+    fit_row(row, letters.lengths, letters.value_budget())
+    return int(letters.insert({**row, **extra}))
+
+
+def test_an_entry_is_read_back_as_written(letters):
+    entry_id = letter(letters, "m1", task="shop.charge")
+    row = letters.get(entry_id)
+    assert (row.message_id, row.task_name, row.reason) == ("m1", "shop.charge", "PoisonMessage")
+    assert row.exception_type == "ValueError"
+    assert letters.get(entry_id + 1000) is None
+
+
+def test_the_filter_selects_counts_and_pages_alike(letters):
+    first = letter(letters, "a", reason="PoisonMessage", task="x")
+    letter(letters, "b", reason="MaxRetriesExceeded", task="x")
+    letter(letters, "c", reason="PoisonMessage", task="y")
+    poison = DeadLetterFilter(reason="PoisonMessage")
+    assert letters.count(poison) == 2
+    assert letters.count(DeadLetterFilter(task_name="x")) == 2
+    assert letters.count(DeadLetterFilter()) == 3
+    assert letters.count(DeadLetterFilter(), limit=1) == 1
+    assert sorted(row.message_id for row in letters.select(poison, 10, 0)) == ["a", "c"]
+    assert len(letters.select(DeadLetterFilter(), 2, 0)) == 2
+    assert len(letters.select(DeadLetterFilter(), 2, 2)) == 1
+    assert letters.count(DeadLetterFilter(until=datetime.now(timezone.utc) - LATER_GAP)) == 0
+    assert letters.last_id(DeadLetterFilter(task_name="x")) >= first
+
+
+def test_statistics_count_by_reason_task_and_keep_the_oldest(letters):
+    letter(letters, "a", reason="PoisonMessage", task="x")
+    letter(letters, "b", reason="PoisonMessage", task="y")
+    stats = letters.statistics()
+    assert stats.count == 2
+    assert stats.by_reason == {"PoisonMessage": 2}
+    assert stats.by_task == {"x": 1, "y": 1}
+    assert stats.oldest is not None
+
+
+def test_delete_and_delete_matching_remove_only_what_they_name(letters):
+    keep = letter(letters, "keep", task="x")
+    gone = letter(letters, "gone", task="y")
+    assert letters.delete(gone) is True
+    assert letters.delete(gone) is False
+    letter(letters, "old", task="z")
+    assert letters.delete_matching(DeadLetterFilter(task_name="z")) == 1
+    assert [row.id for row in letters.select(DeadLetterFilter(), 10, 0)] == [keep]
+
+
+def test_replays_are_recorded_with_their_outbox_rows_in_one_transaction(letters, store):
+    entry_id = letter(letters, "r")
+    with letters.transaction() as conn:
+        assert letters.lock(conn, entry_id) is not None
+        letters.record_replays(conn, [], [entry_id], NOW)
+    row = letters.get(entry_id)
+    assert row.replay_count == 1
+    assert letters.count(DeadLetterFilter(replayed=True)) == 1
+    assert letters.count(DeadLetterFilter(replayed=False)) == 0

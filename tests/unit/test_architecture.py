@@ -66,7 +66,16 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("store", {"store"}),
     (
         "foundation",
-        {"exceptions", "dead_lettered", "clock", "durations", "outage", "states", "signals"},
+        {
+            "exceptions",
+            "dead_lettered",
+            "clock",
+            "durations",
+            "outage",
+            "sanitize",
+            "states",
+            "signals",
+        },
     ),
 ]
 

@@ -6,6 +6,7 @@ import pickle
 
 import pytest
 from celery import Celery
+from celery.exceptions import Ignore, Reject, Retry
 
 from celery_reliable import DeadLettered
 
@@ -78,3 +79,10 @@ def test_the_module_refuses_names_that_are_not_derived_classes() -> None:
 
     with pytest.raises(AttributeError):
         module.__getattr__("system")
+
+
+@pytest.mark.parametrize("control", [Reject("no", requeue=False), Ignore(), Retry("again")])
+def test_celerys_control_flow_is_not_a_base_or_the_worker_would_obey_it(control):
+    failure = DeadLettered.of("ManualRejection", 3, control)
+    assert type(failure) is DeadLettered
+    assert (failure.exc_type, failure.entry_id) == (type(control).__qualname__, 3)

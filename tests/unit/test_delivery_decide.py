@@ -23,7 +23,6 @@ from celery_reliable.retry import RetryPolicy
 
 R = DeadLetterReason
 POLICY = RetryPolicy.fixed(max_retries=2, delay=7)  # three runs in all, 7 s apart
-MAX_ATTEMPTS = 5
 VERDICT = Verdict(R.POISON_MESSAGE, "timespan", "too old")
 
 
@@ -35,14 +34,16 @@ def failure(cause, reason=None, detail=None):
     return Failure(cause, "ValueError", "boom", reason=reason, detail=detail)
 
 
-def decided(cause, attempts=1, committed=False, verdict=None, reason=None, detail=None):
+def decided(
+    cause, attempts=1, committed=False, verdict=None, reason=None, detail=None, explicit=True
+):
     decision = decide_failure(
         failure(cause, reason, detail),
         claim=claim(attempts=attempts),
         committed=committed,
         verdict=verdict,
         policy=POLICY,
-        max_attempts=MAX_ATTEMPTS,
+        explicit_policy=explicit,
     )
     return (
         decision.action,
@@ -64,6 +65,12 @@ FAILURES = [
     ((Cause.POISON, 1, True, None), (Action.PASS, None, None, False)),
     # Celery's own Retry / Ignore: the body decided; the failure is recorded
     ((Cause.CELERY, 9, False, VERDICT), (Action.PASS, None, None, True)),
+    # Celery gave up retrying (max_retries): its count holds, whatever the policy says
+    (
+        (Cause.GAVE_UP, 1, False, VERDICT),
+        (Action.DEAD_LETTER, R.MAX_RETRIES_EXCEEDED, "celery-max-retries", False),
+    ),
+    ((Cause.GAVE_UP, 1, True, None), (Action.PASS, None, None, False)),
     # our store failed: nobody's fault, defer however many runs were used
     ((Cause.STORE, 9, False, VERDICT), (Action.DEFER, None, None, True)),
     ((Cause.REQUEUE, 9, False, VERDICT), (Action.REQUEUE, None, None, True)),
@@ -82,19 +89,19 @@ FAILURES = [
         (Cause.TRANSIENT, 1, False, VERDICT),
         (Action.DEAD_LETTER, R.POISON_MESSAGE, "timespan", False),
     ),
-    # unclassified: the retry policy (max_retries=2) decides
+    # transient, or unclassified with a policy the task names: the policy (max_retries=2)
+    # bounds the runs (issue #14: transient errors used to run up to reliable_max_attempts)
     ((Cause.UNCLASSIFIED, 1, False, None), (Action.RETRY, None, None, True)),
     ((Cause.UNCLASSIFIED, 2, False, None), (Action.RETRY, None, None, True)),
     (
         (Cause.UNCLASSIFIED, 3, False, None),
         (Action.DEAD_LETTER, R.MAX_RETRIES_EXCEEDED, "retry-policy", False),
     ),
-    # transient: reliable_max_attempts (5) decides, whatever the policy says
-    ((Cause.TRANSIENT, 3, False, None), (Action.RETRY, None, None, True)),
-    ((Cause.TRANSIENT, 4, False, None), (Action.RETRY, None, None, True)),
+    ((Cause.TRANSIENT, 1, False, None), (Action.RETRY, None, None, True)),
+    ((Cause.TRANSIENT, 2, False, None), (Action.RETRY, None, None, True)),
     (
-        (Cause.TRANSIENT, 5, False, None),
-        (Action.DEAD_LETTER, R.MAX_RETRIES_EXCEEDED, "max-attempts", False),
+        (Cause.TRANSIENT, 3, False, None),
+        (Action.DEAD_LETTER, R.MAX_RETRIES_EXCEEDED, "retry-policy", False),
     ),
 ]
 
@@ -103,6 +110,30 @@ FAILURES = [
 def test_how_a_failed_run_ends(given, expected):
     cause, attempts, committed, verdict = given
     assert decided(cause, attempts, committed, verdict) == expected
+
+
+# (cause, attempts, verdict) -> (action, reason, detector, recorded), the task naming no policy
+WITHOUT_A_POLICY = [
+    # an unclassified exception fails at once, as on plain Celery (a TypeError is a bug)
+    (
+        (Cause.UNCLASSIFIED, 1, None),
+        (Action.DEAD_LETTER, R.UNHANDLED_EXCEPTION, "exception-classification", False),
+    ),
+    # a detector still names its own reason
+    ((Cause.UNCLASSIFIED, 1, VERDICT), (Action.DEAD_LETTER, R.POISON_MESSAGE, "timespan", False)),
+    # transient errors are retried under the default policy
+    ((Cause.TRANSIENT, 1, None), (Action.RETRY, None, None, True)),
+    (
+        (Cause.TRANSIENT, 3, None),
+        (Action.DEAD_LETTER, R.MAX_RETRIES_EXCEEDED, "retry-policy", False),
+    ),
+]
+
+
+@pytest.mark.parametrize(("given", "expected"), WITHOUT_A_POLICY)
+def test_how_a_failed_run_ends_when_the_task_names_no_retry_policy(given, expected):
+    cause, attempts, verdict = given
+    assert decided(cause, attempts, verdict=verdict, explicit=False) == expected
 
 
 def test_a_permanent_failure_is_dead_lettered_with_its_own_reason():
@@ -121,7 +152,7 @@ def test_a_permanent_failure_with_an_unknown_reason_is_still_dead_lettered():
         committed=False,
         verdict=None,
         policy=POLICY,
-        max_attempts=MAX_ATTEMPTS,
+        explicit_policy=True,
     )
     assert (decision.action, decision.reason, decision.detector, decision.detail) == (
         Action.DEAD_LETTER,
@@ -138,7 +169,7 @@ def test_a_retry_waits_the_policys_delay_and_says_why():
         committed=False,
         verdict=None,
         policy=POLICY,
-        max_attempts=MAX_ATTEMPTS,
+        explicit_policy=True,
     )
     assert (decision.delay, decision.note) == (7, "ValueError: boom")
 
@@ -150,7 +181,7 @@ def test_a_store_failure_resumes_its_own_claim():
         committed=False,
         verdict=None,
         policy=POLICY,
-        max_attempts=MAX_ATTEMPTS,
+        explicit_policy=True,
     )
     assert (decision.resumes_version, decision.unrun, decision.delay) == (3, False, None)
 
@@ -161,6 +192,7 @@ def test_a_store_failure_resumes_its_own_claim():
         (Cause.LOST, False, False),
         (Cause.STORE, False, False),
         (Cause.CELERY, False, False),
+        (Cause.GAVE_UP, False, True),
         (Cause.PERMANENT, False, True),
         (Cause.REQUEUE, False, True),
         (Cause.REJECT, False, True),
@@ -203,6 +235,7 @@ OPTIONS = TaskOptions(
     poison=(ValueError,),
     detectors=(),
     retry_policy=POLICY,
+    explicit_policy=True,
     circuit_breaker=None,
     needs_first_seen=False,
 )
@@ -227,6 +260,20 @@ OPTIONS = TaskOptions(
 )
 def test_what_a_run_raised_is_classified(exc, cause):
     assert failure_of(exc, classifier=Classifier((), ()), options=OPTIONS).cause is cause
+
+
+@pytest.mark.parametrize(
+    ("exc", "cause"),
+    [
+        (ValueError("the body's own, re-raised by self.retry"), Cause.GAVE_UP),
+        (RuntimeError("MaxRetriesExceededError"), Cause.GAVE_UP),
+        (Retry(), Cause.CELERY),  # a retry after giving up is still Celery's to handle
+        (StoreUnavailable("gone"), Cause.STORE),
+    ],
+)
+def test_a_run_whose_retry_celery_gave_up_on_is_classified_so(exc, cause):
+    given = {"classifier": Classifier((), ()), "options": OPTIONS, "gave_up": True}
+    assert failure_of(exc, **given).cause is cause
 
 
 def test_a_permanent_failure_keeps_its_reason_or_why_it_was_refused():

@@ -25,8 +25,8 @@ from celery.exceptions import TaskPredicate
 from .exceptions import ReliableError
 
 _PREFIX = "DeadLettered["
-#: Derived classes by original type: one class per type, so isinstance checks agree.
-_DERIVED: dict[type[BaseException], type[DeadLettered]] = {}
+#: Derived classes by (original type, for the caller): one class each, so isinstance agrees.
+_DERIVED: dict[tuple[type[BaseException], bool], type[DeadLettered]] = {}
 
 
 class DeadLettered(ReliableError):
@@ -89,26 +89,31 @@ def _name_of(original: type[BaseException]) -> str:
     return f"{_PREFIX}{module.replace('.', '/')}:{qualname.replace('.', '/')}]"
 
 
-def _derived(original: type[BaseException]) -> type[DeadLettered]:
-    found = _DERIVED.get(original)
+def _derived(original: type[BaseException], *, caller: bool = False) -> type[DeadLettered]:
+    found = _DERIVED.get((original, caller))
     if found is None:
-        found = _DERIVED.setdefault(original, _derive(original))
+        found = _DERIVED.setdefault((original, caller), _derive(original, caller))
     return found
 
 
-def _derive(original: type[BaseException]) -> type[DeadLettered]:
+def _derive(original: type[BaseException], caller: bool) -> type[DeadLettered]:
     """A DeadLettered that is also an ``original``; DeadLettered itself when none can be made.
 
-    Some exception types cannot be a second base (an incompatible C layout), exceptions
-    outside ``Exception`` (KeyboardInterrupt, SystemExit) must not be caught as such, and
+    Some exception types cannot be a second base (an incompatible C layout), and exceptions
+    outside ``Exception`` (KeyboardInterrupt, SystemExit) must not be caught as such.
     Celery's control flow (``Reject``, ``Ignore``, ``Retry``) would be obeyed by the worker
-    instead of failing the task.
+    instead of failing the task, so there the class only bears the name; the caller, who
+    rebuilds it from that name (``__getattr__``), gets the real base: plain Celery's caller
+    catches ``Reject`` from ``.get()`` of a task that rejected itself.
     """
-    if not issubclass(original, Exception) or issubclass(original, (DeadLettered, TaskPredicate)):
+    if not issubclass(original, Exception) or issubclass(original, DeadLettered):
         return DeadLettered
+    bases: tuple[type, ...] = (DeadLettered, original)
+    if issubclass(original, TaskPredicate) and not caller:
+        bases = (DeadLettered,)
     name = _name_of(original)
     try:
-        derived = type(name, (DeadLettered, original), {"__module__": __name__})
+        derived = type(name, bases, {"__module__": __name__})
         derived("probe", None, None, None)  # e.g. an original whose __new__ needs other args
     except Exception:
         return DeadLettered
@@ -125,5 +130,5 @@ def __getattr__(name: str) -> type[DeadLettered]:
     for part in qualname.split("/"):
         found = getattr(found, part, None)
     if isinstance(found, type) and issubclass(found, BaseException):
-        return _derived(found)
+        return _derived(found, caller=True)
     return DeadLettered

@@ -82,7 +82,12 @@ def test_the_module_refuses_names_that_are_not_derived_classes() -> None:
 
 
 @pytest.mark.parametrize("control", [Reject("no", requeue=False), Ignore(), Retry("again")])
-def test_celerys_control_flow_is_not_a_base_or_the_worker_would_obey_it(control):
+def test_celerys_control_flow_is_a_base_for_the_caller_only(backend, control):
+    """The worker would obey a Reject it raised; plain Celery's caller catches one."""
     failure = DeadLettered.of("ManualRejection", 3, control)
-    assert type(failure) is DeadLettered
+    assert not isinstance(failure, type(control))  # what the worker raises
     assert (failure.exc_type, failure.entry_id) == (type(control).__qualname__, 3)
+    back = backend.exception_to_python(backend.prepare_exception(failure, "json"))
+    assert isinstance(back, type(control))  # what the caller's .get() raises
+    assert isinstance(back, DeadLettered)
+    assert (back.reason, back.entry_id) == ("ManualRejection", 3)

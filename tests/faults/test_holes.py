@@ -17,8 +17,8 @@ from sqlalchemy import Column, MetaData, String, Table, func, select
 
 from celery_reliable import MESSAGE_ID_HEADER, DeadLettered, ReliableTask
 from celery_reliable.store.base import Status
-from celery_reliable.testing import drop_store
-from tests.support import dead_lettered, make_app, unique
+from celery_reliable.testing import FaultyLink, drop_store
+from tests.support import dead_lettered, make_app, require, unique
 
 
 @dataclass
@@ -127,3 +127,42 @@ def test_a_commit_inside_self_transaction_is_refused_and_dead_lettered(harness):
     (entry,) = h.reliable.dead_letters.list()
     assert entry.detector == "transaction-misuse"
     assert entry.exception_type == "celery_reliable.exceptions.TransactionMisuse"
+
+
+def test_messages_of_a_breaker_task_run_when_the_breakers_redis_is_gone():
+    # Old code: breakers.admit() raised the Redis ConnectionError out of the pipeline:
+    # every message of a breaker task ended FAILURE(ConnectionError), acknowledged, never
+    # claimed (lost).
+    url, prefix = require("postgresql"), unique()
+    link = FaultyLink.to(require("redis"))
+    app = make_app("memory://", url, prefix, reliable_redis_url=link.url)
+    reliable = app._celery_reliable
+    reliable.create_schema()
+    reliable.breakers.configure("payments", failure_threshold=2)
+    runs: list[str] = []
+
+    @app.task(base=ReliableTask, bind=True, name="pay", shared=False, circuit_breaker="payments")
+    def pay(self, n):
+        runs.append(self.message_id)
+        return n
+
+    logged = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("celery_reliable").addHandler(handler)
+    link.close()  # the proxy is stopped: nothing answers on its port any more
+    try:
+        with start_worker(
+            app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"
+        ):
+            results = [
+                pay.apply_async((n,), headers={MESSAGE_ID_HEADER: f"pay-{n}"}) for n in range(5)
+            ]
+            assert [r.get(timeout=30, interval=0.02) for r in results] == list(range(5))
+    finally:
+        logging.getLogger("celery_reliable").removeHandler(handler)
+        reliable.database.dispose()
+        drop_store(url, prefix)
+    assert sorted(runs) == [f"pay-{n}" for n in range(5)]
+    assert all(r.state == "SUCCESS" for r in results)
+    assert any("circuit breaker storage unreachable" in m for m in logged), logged

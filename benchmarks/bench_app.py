@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from celery import Celery
+from sqlalchemy import Column, MetaData, String, Table, create_engine
+from sqlalchemy.orm import sessionmaker
 
 from celery_reliable import Reliable, ReliableTask
 
@@ -12,12 +15,21 @@ TASK_NAMES = {
     "plain (default)": "bench.plain",
     "plain (acks_late)": "bench.plain_acks_late",
     "reliable": "bench.reliable",
+    "plain (insert)": "bench.plain_insert",
+    "reliable (insert)": "bench.reliable_insert",
 }
 VARIANTS = tuple(TASK_NAMES)
+#: The variants whose body inserts one row into :func:`effects_table`.
+INSERTING = ("plain (insert)", "reliable (insert)")
+
+
+def effects_table(prefix: str) -> Table:
+    """One row per message, written by the inserting tasks (dropped with the store's tables)."""
+    return Table(f"{prefix}effects", MetaData(), Column("message", String(64), primary_key=True))
 
 
 def create_app(broker: str, database: str, prefix: str, queue: str) -> Celery:
-    """Three no-op tasks that differ only in how they are acknowledged and recorded."""
+    """No-op and one-row tasks that differ only in how they are acknowledged and recorded."""
     app = Celery("bench", broker=broker, set_as_current=False)
     app.conf.update(
         task_ignore_result=True,
@@ -27,6 +39,10 @@ def create_app(broker: str, database: str, prefix: str, queue: str) -> Celery:
         reliable_table_prefix=prefix,
     )
     Reliable(app)
+    effects = effects_table(prefix)
+    # The plain task's own engine, as an app without celery_reliable has one. Creating it
+    # opens no connection, so each pool process connects after the fork.
+    sessions = sessionmaker(create_engine(database))
 
     @app.task(name=TASK_NAMES["plain (default)"], shared=False)
     def plain() -> None:
@@ -39,6 +55,19 @@ def create_app(broker: str, database: str, prefix: str, queue: str) -> Celery:
     @app.task(name=TASK_NAMES["reliable"], base=ReliableTask, shared=False)
     def reliable() -> None:
         """Inbox claim and completion mark around the same empty body."""
+
+    @app.task(name=TASK_NAMES["plain (insert)"], bind=True, shared=False)
+    def plain_insert(self: Any) -> None:
+        """How a task is written without celery_reliable: its own Session, one row, commit."""
+        with sessions() as session:
+            session.execute(effects.insert().values(message=self.request.id))
+            session.commit()
+
+    @app.task(name=TASK_NAMES["reliable (insert)"], base=ReliableTask, bind=True, shared=False)
+    def reliable_insert(self: Any) -> None:
+        """The same row through ``self.transaction()``, committed with the completion mark."""
+        with self.transaction() as session:
+            session.execute(effects.insert().values(message=self.request.id))
 
     return app
 

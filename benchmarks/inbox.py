@@ -1,19 +1,29 @@
-"""ReliableTask against plain Celery: drain the same no-op tasks through one worker setup.
+"""ReliableTask against plain Celery: drain the same tasks through one worker setup.
 
 For each broker, the same N messages are queued in a fresh queue before a real ``celery
-worker -P prefork -c 2`` starts, for three variants in turn: plain Celery's defaults, plain
-Celery with ``acks_late``, and ``ReliableTask`` (inbox claim and completion mark in the
-store). With ``--repeat K`` the three variants alternate K times and the median is reported,
-so that a slow phase of the machine hits all variants alike.
+worker -P prefork -c 2`` starts, for five variants in turn, as two pairs:
+
+- no-op: plain Celery's defaults (and, for reference, with ``acks_late``) against
+  ``ReliableTask`` (inbox claim and completion mark in the store);
+- insert, as tasks are written: a plain task inserting one row through its own SQLAlchemy
+  Session and committing, against a ReliableTask inserting the same row through
+  ``self.transaction()`` (committed with the completion mark).
+
+With ``--repeat K`` the variants alternate K times and the median is reported with the
+spread (min-max), so that a slow phase of the machine hits all variants alike. Each drain
+also reports the CPU per message of the worker's main process, its pool processes, the
+database backends and the broker (see benchmarks/cpu.py), and the section prints the load
+average at its start and end.
 
 Timing, by polling the queue depth every 20 ms:
 
 - t0 is the first poll at which the queue is below 95% of N. The first 5% of the messages
   pay for process start-up, imports and first connections, which are not throughput.
 - t1 is the first poll at which the queue is empty and nothing is in flight: Redis's
-  ``unacked`` hash is back to what it held before the worker started, and the reliable
-  variant's completed inbox rows reach N. RabbitMQ does not report unacknowledged messages
-  over AMQP, so there the plain variants stop at an empty queue with at most 2 x prefetch
+  ``unacked`` hash is back to what it held before the worker started, the reliable
+  variants' completed inbox rows reach N, and the inserting variants' rows reach N.
+  RabbitMQ does not report unacknowledged messages over AMQP, so there the plain no-op
+  variants stop at an empty queue with at most 2 x prefetch
   (8) messages still running, under 0.1% of the work.
 - rate = depth at t0 / (t1 - t0): the messages still queued at t0 all finish by t1. The
   at most 8 messages prefetched at t0 are left out of the count, an error under 0.1%.
@@ -31,15 +41,19 @@ import time
 import uuid
 from collections.abc import Callable
 from contextlib import ExitStack, suppress
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import create_engine, func, make_url, select
+from sqlalchemy import Select, create_engine, func, make_url, select
 
 from celery_reliable import Reliable
 from celery_reliable.testing import drop_store
 
-from .bench_app import TASK_NAMES, VARIANTS, create_app
-from .report import Row, Target
+from . import cpu
+from .bench_app import INSERTING, TASK_NAMES, VARIANTS, create_app, effects_table
+from .report import Row, Target, load
 
 ROOT = Path(__file__).resolve().parent.parent
 BROKERS = {
@@ -48,6 +62,15 @@ BROKERS = {
 }
 STORE = os.environ.get("BENCH_DB", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGETS = {"redis": 0.90, "rabbitmq": 0.65}
+#: measure -> (variant, its plain baseline, target ratio per broker), in the report's order.
+PAIRS = {
+    "ReliableTask vs plain Task": ("reliable", "plain (default)", TARGETS),
+    "ReliableTask insert vs plain Session insert": (
+        "reliable (insert)",
+        "plain (insert)",
+        {"redis": 0.90, "rabbitmq": 0.90},
+    ),
+}
 DEFAULT_COUNT = 10_000
 WARM_UP = 0.05
 POLL = 0.02
@@ -108,8 +131,16 @@ def until(
     return time.perf_counter()
 
 
-def drain_rate(kind: str, variant: str, count: int) -> float:
-    """Queue ``count`` messages, start a worker on them, and return tasks per second."""
+@dataclass(frozen=True)
+class Drain:
+    """One drain: tasks per second, and CPU microseconds per message by process class."""
+
+    rate: float
+    cpu: dict[str, float]
+
+
+def drain(kind: str, variant: str, count: int) -> Drain:
+    """Queue ``count`` messages, start a worker on them, and measure the drain."""
     prefix = f"bench{uuid.uuid4().hex[:8]}_"
     queue_name = f"q_{prefix}"
     app = create_app(BROKERS[kind], STORE, prefix, queue_name)
@@ -119,6 +150,8 @@ def drain_rate(kind: str, variant: str, count: int) -> float:
         cleanup.callback(drop_tables, prefix)
         cleanup.callback(reliable.database.dispose)
         reliable.create_schema()
+        effects = effects_table(prefix)
+        effects.create(reliable.database.engine)
         queue = Queue(kind, BROKERS[kind], queue_name)
         cleanup.callback(queue.delete)
         task = app.tasks[TASK_NAMES[variant]]
@@ -138,23 +171,35 @@ def drain_rate(kind: str, variant: str, count: int) -> float:
             depth = queue.waiting()
             return depth <= start_depth
 
+        def processes() -> cpu.Snapshot:
+            backends = cpu.postgres_pids(reliable.database.engine, prefix)
+            return cpu.snapshot(worker.pid, kind, backends)
+
         started = until(warmed_up, "the worker to start consuming", 120, worker)
+        at_start = processes()
         remaining = depth
 
         def drained() -> bool:
             return queue.waiting() == 0 and queue.in_flight() <= in_flight_before
 
         finished = until(drained, "the queue to drain", 600, worker)
-        if variant == "reliable":
-            status = reliable.tables.inbox_status
+        status = reliable.tables.inbox_status
+        waits: list[tuple[str, Select[Any]]] = []
+        if variant.startswith("reliable"):
             completed = select(func.count()).where(status.c.status == "completed")
+            waits.append(("every completion mark", completed))
+        if variant in INSERTING:
+            waits.append(("every row", select(func.count()).select_from(effects)))
+        for what, query in waits:
+            finished = until(partial(reaches, reliable, query, count), what, 600, worker)
+        used = cpu.per_message(at_start, processes(), remaining)
+    return Drain(remaining / (finished - started), used)
 
-            def all_completed() -> bool:
-                with reliable.database.engine.connect() as conn:
-                    return conn.execute(completed).scalar_one() >= count
 
-            finished = until(all_completed, "every completion mark", 600, worker)
-    return remaining / (finished - started)
+def reaches(reliable: Reliable, query: Select[Any], count: int) -> bool:
+    """Whether the store's count ``query`` is at least ``count``."""
+    with reliable.database.engine.connect() as conn:
+        return int(conn.execute(query).scalar_one()) >= count
 
 
 def start_worker(
@@ -170,7 +215,7 @@ def start_worker(
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "BENCH_BROKER": broker,
-        "BENCH_DB": STORE,
+        "BENCH_DB": labelled(STORE, prefix),
         "BENCH_PREFIX": prefix,
         "BENCH_QUEUE": queue_name,
     }
@@ -183,6 +228,16 @@ def start_worker(
     )
     cleanup.callback(stop_worker, worker)
     return worker
+
+
+def labelled(url: str, name: str) -> str:
+    """``url`` with PostgreSQL's ``application_name``, so the run's backends can be found."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql":
+        return url
+    return parsed.update_query_dict({"application_name": name}).render_as_string(
+        hide_password=False
+    )
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
@@ -226,55 +281,82 @@ def unreachable(kind: str) -> str | None:
 
 
 def run(count: int | None, brokers: list[str], repeat: int) -> list[Row]:
-    """Measure every variant on every usable broker; print rates and ratios, return rows."""
+    """Measure every variant on every usable broker; print rates, CPU and ratios; return rows."""
     count = count or DEFAULT_COUNT
     LOG.write_bytes(b"")
     print(
-        f"celery_reliable inbox benchmark: {count} no-op tasks, prefork -c 2, "
-        f"store {make_url(STORE).get_backend_name()}, median of {repeat} (worker log: {LOG})"
+        f"celery_reliable inbox benchmark: {count} tasks, prefork -c 2, "
+        f"store {make_url(STORE).get_backend_name()}, median of {repeat} (min-max), "
+        f"load average {load()} (worker log: {LOG})"
     )
     problem = unreachable("store")
     if problem is not None:
         print(f"skipped: the store {STORE} is unreachable ({problem})")
         return []
-    print(f"{'broker':<10}{'variant':<20}{'tasks/s':>8}")
-    rates: dict[str, dict[str, float]] = {}
+    print(f"{'broker':<10}{'variant':<20}{'tasks/s':>8}  spread")
+    drains: dict[str, dict[str, list[Drain]]] = {}
     for kind in brokers:
         problem = unreachable(kind)
         if problem is not None:
             print(f"{kind:<10}skipped: {BROKERS[kind]} is unreachable ({problem})")
             continue
-        samples: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+        samples: dict[str, list[Drain]] = {variant: [] for variant in VARIANTS}
         try:
             for _ in range(repeat):
                 for variant in VARIANTS:
-                    samples[variant].append(drain_rate(kind, variant, count))
+                    samples[variant].append(drain(kind, variant, count))
         except Exception as exc:  # a report, not a test: say what failed and go on
             print(f"{kind:<10}skipped: {type(exc).__name__}: {exc}")
             continue
-        rates[kind] = {variant: statistics.median(samples[variant]) for variant in VARIANTS}
-        for variant, rate in rates[kind].items():
-            print(f"{kind:<10}{variant:<20}{rate:>8.0f}", flush=True)
+        drains[kind] = samples
+        for variant, runs in samples.items():
+            rates = [run.rate for run in runs]
+            spread = f"{min(rates):.0f}-{max(rates):.0f}"
+            print(f"{kind:<10}{variant:<20}{statistics.median(rates):>8.0f}  {spread}", flush=True)
+    print_cpu(drains)
     rows = []
-    for kind, rate in rates.items():
-        ratio = rate["reliable"] / rate["plain (default)"]
+    for kind, samples in drains.items():
+        rate = {
+            variant: statistics.median(run.rate for run in runs)
+            for variant, runs in samples.items()
+        }
         late = rate["reliable"] / rate["plain (acks_late)"]
-        verdict = "PASS" if ratio >= TARGETS[kind] else "MISS"
-        print(
-            f"ratio  {kind:<9} reliable/plain {ratio:.2f}x "
-            f"(target >= {TARGETS[kind]:.2f}x: {verdict})  reliable/plain-acks-late {late:.2f}x"
-        )
-        rows.append(
-            Row(
-                f"inbox {kind}: ReliableTask vs plain Task",
-                rate["reliable"],
-                "/s",
-                rate["plain (default)"],
-                "plain",
-                Target("ratio", ">=", TARGETS[kind]),
+        print(f"ratio  {kind:<9} reliable/plain-acks-late {late:.2f}x (no-op, for reference)")
+        for measure, (variant, baseline, targets) in PAIRS.items():
+            ratio = rate[variant] / rate[baseline]
+            verdict = "PASS" if ratio >= targets[kind] else "MISS"
+            print(
+                f"ratio  {kind:<9} {variant}/{baseline} {ratio:.2f}x "
+                f"(target >= {targets[kind]:.2f}x: {verdict})"
             )
-        )
+            rows.append(
+                Row(
+                    f"inbox {kind}: {measure}",
+                    rate[variant],
+                    "/s",
+                    rate[baseline],
+                    baseline,
+                    Target("ratio", ">=", targets[kind]),
+                )
+            )
+    print(f"inbox benchmark done, load average {load()}")
     return rows
+
+
+def print_cpu(drains: dict[str, dict[str, list[Drain]]]) -> None:
+    """CPU µs per message by process class: medians, and the spread of the total."""
+    if not drains:
+        return
+    print("CPU per message, µs (median; db aux and broker also serve the rest of the machine)")
+    print(f"{'broker':<10}{'variant':<20}" + "".join(f"{c:>12}" for c in (*cpu.CLASSES, "total")))
+    for kind, samples in drains.items():
+        for variant, runs in samples.items():
+            median = {
+                c: statistics.median(run.cpu[c] for run in runs) for c in (*cpu.CLASSES, "total")
+            }
+            totals = [run.cpu["total"] for run in runs]
+            cells = "".join(f"{median[c]:>12.0f}" for c in (*cpu.CLASSES, "total"))
+            print(f"{kind:<10}{variant:<20}{cells}  ({min(totals):.0f}-{max(totals):.0f})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

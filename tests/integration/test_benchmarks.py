@@ -34,9 +34,12 @@ def test_every_benchmark_runs_and_reports_a_row_each():
     table = result.stdout.split("celery_reliable benchmarks, ", 1)[1]
     for measure in (
         "inbox redis: ReliableTask vs plain Task",
+        "inbox redis: ReliableTask insert vs plain Session insert",
         "relay redis: relay vs raw loop",
         "relay redis: commit->broker p99",
         "replay redis: dead letters -> broker",
         "cleanup postgresql: rows/s in 10k batches",
     ):
         assert measure in table, result.stdout
+    cpu = result.stdout.split("CPU per message, µs", 1)[1].split("ratio", 1)[0]
+    assert "reliable (insert)" in cpu, result.stdout  # a CPU row per variant

@@ -458,7 +458,8 @@ class Generator:
         return Malformed("expired", body, JSON, "utf-8", headers, EXPIRED, body_print(body))
 
     def huge(self) -> Malformed:
-        """A body of 1 to 8 MB (and, on Redis, a header of 1 MB): nothing is cut or lost."""
+        """A body of 1 to 8 MB (and, on Redis, a header of 1 MB): nothing is lost (on MySQL an
+        entry over the packet budget keeps a cut body and says so)."""
         size = self.rng.randint(1, 8) * 1024 * 1024
         variant = self.rng.randrange(4)
         headers = self.headers()

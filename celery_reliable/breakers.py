@@ -12,6 +12,11 @@ pybreaker lets every process probe a half-open breaker at once. Here a probe fir
 lock (``SET NX PX`` in Redis, a timestamp in memory) that expires after ``probe_timeout``:
 exactly one run in the cluster probes; the others wait, and a prober that died frees the
 lock when it expires.
+
+When Redis cannot be reached, each process falls back to its own breakers (memory state)
+for ``_SHARED_RETRY_AFTER`` seconds at a time, then tries Redis again; one warning when the
+outage starts, one (INFO) when Redis is back. pybreaker's own Redis storage would hide the outage
+(:class:`SharedStorage` says how), so the shared breakers use a storage that does not.
 """
 
 from __future__ import annotations
@@ -37,7 +42,11 @@ logger = logging.getLogger(__name__)
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 ON_OPEN = ("delay", "dead_letter")
 _MIN_WAIT = 0.5
-_FALLBACK_WARNING_EVERY = 60.0
+#: Seconds on the process's own breakers after Redis failed, before trying Redis again: an
+#: outage costs one failed call per process per period, not one per message.
+_SHARED_RETRY_AFTER = 5.0
+#: Seconds a Redis call may take (connect, then answer) before Redis counts as down.
+_REDIS_TIMEOUT = 2.0
 _T = TypeVar("_T")
 
 
@@ -49,6 +58,69 @@ class Admission:
     allowed: bool
     probe: bool = False
     retry_after: float = 0.0  # seconds until the breaker may half-open (when not allowed)
+    shared: bool = False  # decided on the Redis state; False: on this process's own
+
+
+class SharedStorage(pybreaker.CircuitRedisStorage):
+    """pybreaker's Redis storage, except that a Redis error is raised, not hidden.
+
+    ``CircuitRedisStorage`` catches every ``RedisError`` after the breaker exists, logs it
+    and answers with defaults: state "closed", no failures, never opened. A breaker whose
+    Redis went away would then count nothing and never open, while the service it guards
+    may be failing. Raising lets :class:`Breakers` use the process's own breaker instead.
+    Same keys and encoding as pybreaker's, so both read the same state.
+    """
+
+    @property
+    def state(self) -> str:
+        raw = self._redis.get(self._namespace("state"))
+        if raw is None:  # deleted (a flushed Redis): closed again, as pybreaker does
+            self._initialize_redis_state(self._fallback_circuit_state)
+            return self._fallback_circuit_state
+        return bytes(raw).decode("utf-8")
+
+    @state.setter
+    def state(self, state: str) -> None:
+        self._redis.set(self._namespace("state"), str(state))
+
+    def increment_counter(self) -> None:
+        self._redis.incr(self._namespace("fail_counter"))
+
+    def reset_counter(self) -> None:
+        self._redis.set(self._namespace("fail_counter"), 0)
+
+    def increment_success_counter(self) -> None:
+        self._redis.incr(self._namespace("success_counter"))
+
+    def reset_success_counter(self) -> None:
+        self._redis.set(self._namespace("success_counter"), 0)
+
+    @property
+    def counter(self) -> int:
+        return int(self._redis.get(self._namespace("fail_counter")) or 0)
+
+    @property
+    def success_counter(self) -> int:
+        return int(self._redis.get(self._namespace("success_counter")) or 0)
+
+    @property
+    def opened_at(self) -> datetime | None:
+        raw = self._redis.get(self._namespace("opened_at"))
+        return datetime.fromtimestamp(int(raw), timezone.utc) if raw else None
+
+    @opened_at.setter
+    def opened_at(self, now: datetime) -> None:
+        """Whole seconds, and never earlier than what another worker stored (clock skew)."""
+        key, stamp = self._namespace("opened_at"), int(now.timestamp())
+
+        def set_if_later(pipe: Any) -> None:
+            current = pipe.get(key)
+            pipe.multi()
+            if not current or stamp > int(current):
+                pipe.set(key, stamp)
+
+        client: Any = self._redis  # redis-py leaves transaction() unannotated
+        client.transaction(set_if_later, key)
 
 
 @dataclass(frozen=True)
@@ -82,7 +154,7 @@ class Breakers:
         self._lock = threading.Lock()
         self._redis: Any = None
         self._fallback: Breakers | None = None
-        self._warn_after = 0.0
+        self._local_until = 0.0  # monotonic: Redis failed, use the fallback until then
         self._pid = 0
 
     # -- configuration ----------------------------------------------------------------------
@@ -121,6 +193,8 @@ class Breakers:
         with self._lock:
             self._configs[name] = _Config(failure_threshold, reset, excluded, on_open, probe)
             self._breakers.pop(name, None)
+            if self._fallback is not None:
+                self._fallback._breakers.pop(name, None)
 
     def __contains__(self, name: object) -> bool:
         return name in self._configs
@@ -148,33 +222,58 @@ class Breakers:
         return self._shared_or_local(lambda breakers: breakers._admit(name))
 
     def record_success(self, name: str, admission: Admission) -> None:
-        self._shared_or_local(lambda breakers: breakers._record_success(name, admission))
+        self._shared_or_local(
+            lambda breakers: breakers._record_success(name, admission), admission.shared
+        )
 
     def record_failure(self, name: str, exc: BaseException, admission: Admission) -> None:
-        self._shared_or_local(lambda breakers: breakers._record_failure(name, exc, admission))
+        self._shared_or_local(
+            lambda breakers: breakers._record_failure(name, exc, admission), admission.shared
+        )
 
-    def _shared_or_local(self, call: Callable[[Breakers], _T]) -> _T:
+    def _shared_or_local(self, call: Callable[[Breakers], _T], shared: bool = True) -> _T:
         """``call`` on the shared (Redis) state; on this process's own when Redis fails.
 
         A breaker protects a downstream service; its storage being down says nothing
-        about the messages, so it must never fail one. The process-local breaker keeps
-        counting meanwhile (each worker opens on its own failures), with a warning.
+        about the messages, so it must never fail one. The process-local breaker counts
+        meanwhile (each worker opens on its own failures) and Redis is tried again every
+        ``_SHARED_RETRY_AFTER`` seconds. A run is reported to the breaker that admitted it
+        (``shared``), so a local probe never releases the cluster's probe lock.
         """
         if self.redis_url is None:
             return call(self)
-        try:
-            return call(self)
-        except _storage_errors() as exc:
-            now = time.monotonic()
-            if now >= self._warn_after:  # once a minute, not once per message
-                self._warn_after = now + _FALLBACK_WARNING_EVERY
-                logger.warning(
-                    "circuit breaker storage unreachable (%s: %s): using this process's "
-                    "own breakers until it is back",
-                    type(exc).__name__,
-                    exc,
-                )
+        if not shared or time.monotonic() < self._local_until:
             return call(self._local())
+        try:
+            result = call(self)
+        except _storage_errors() as exc:
+            self._storage_down(exc)
+            return call(self._local())
+        if self._local_until:
+            self._storage_back()
+        return result
+
+    def _storage_down(self, exc: BaseException) -> None:
+        with self._lock:
+            outage_starts = not self._local_until
+            self._local_until = time.monotonic() + _SHARED_RETRY_AFTER
+        if outage_starts:  # once per outage, not once per message or per retry
+            logger.warning(
+                "circuit breaker storage unreachable (%s: %s): this process uses its own "
+                "breakers, and tries Redis again every %g s",
+                type(exc).__name__,
+                exc,
+                _SHARED_RETRY_AFTER,
+            )
+
+    def _storage_back(self) -> None:
+        with self._lock:
+            outage_ends, self._local_until = bool(self._local_until), 0.0
+        if outage_ends:
+            logger.info(
+                "circuit breaker storage is back: the breakers are shared again "
+                "(what this process counted alone is not carried over)"
+            )
 
     def _local(self) -> Breakers:
         """The process-local twin: the same configurations and listeners, memory state."""
@@ -189,17 +288,19 @@ class Breakers:
         config = self._config(name)
         breaker = self._breaker(name)
         state = self._state(name)
+        shared = self.redis_url is not None
         if state == CLOSED:
-            return Admission(name, allowed=True)
+            return Admission(name, allowed=True, shared=shared)
         if state == OPEN:
             remaining = config.reset_timeout - self._open_for(breaker)
             if remaining > 0:
-                return Admission(name, allowed=False, retry_after=_wait(remaining))
+                return Admission(name, False, retry_after=_wait(remaining), shared=shared)
         if self._take_probe(name, config.probe_timeout):
             if state == OPEN:
                 breaker.half_open()
-            return Admission(name, allowed=True, probe=True)
-        return Admission(name, allowed=False, retry_after=_wait(min(config.probe_timeout, 5.0)))
+            return Admission(name, allowed=True, probe=True, shared=shared)
+        wait = _wait(min(config.probe_timeout, 5.0))
+        return Admission(name, allowed=False, retry_after=wait, shared=shared)
 
     def _record_success(self, name: str, admission: Admission) -> None:
         breaker = self._breaker(name)
@@ -248,8 +349,18 @@ class Breakers:
             import redis
 
             assert self.redis_url is not None
-            # pybreaker's Redis storage reads bytes: decode_responses must stay off.
-            self._redis = redis.Redis.from_url(self.redis_url, decode_responses=False)
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+
+            # The storage reads bytes: decode_responses must stay off. Short timeouts and
+            # one retry: a message waits on an unreachable Redis seconds, not minutes.
+            self._redis = redis.Redis.from_url(
+                self.redis_url,
+                decode_responses=False,
+                socket_connect_timeout=_REDIS_TIMEOUT,
+                socket_timeout=_REDIS_TIMEOUT,
+                retry=Retry(NoBackoff(), 1),
+            )
             self._pid = os.getpid()
             self._breakers.clear()
         return self._redis
@@ -262,7 +373,7 @@ class Breakers:
             if breaker is None:
                 storage: pybreaker.CircuitBreakerStorage
                 if client is not None:
-                    storage = pybreaker.CircuitRedisStorage(
+                    storage = SharedStorage(
                         CLOSED, client, namespace=f"celery_reliable:{self.namespace}{name}"
                     )
                 else:

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis
 from celery.contrib.testing.worker import start_worker
 from sqlalchemy import Column, MetaData, String, Table, func, select
 
 from celery_reliable import MESSAGE_ID_HEADER, DeadLettered, ReliableTask
+from celery_reliable import breakers as breakers_module
 from celery_reliable.store.base import Status
-from celery_reliable.testing import FaultyLink, drop_store
+from celery_reliable.testing import FaultyLink, drop_store, wait_for
 from tests.support import dead_lettered, make_app, require, unique
 
 
@@ -64,6 +67,23 @@ class _EscapeSurrogates(logging.Filter):
         if record.exc_info and not record.exc_text:
             record.exc_text = _escaped(logging.Formatter().formatException(record.exc_info))
         return True
+
+
+@contextmanager
+def _logged(level: int) -> Iterator[list[str]]:
+    """The messages ``celery_reliable`` logs at ``level`` or above while the block runs."""
+    logged: list[str] = []
+    handler = logging.Handler(level)
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    package = logging.getLogger("celery_reliable")
+    former = package.level
+    package.addHandler(handler)
+    package.setLevel(min(level, package.getEffectiveLevel()))
+    try:
+        yield logged
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(former)
 
 
 @pytest.fixture
@@ -146,23 +166,97 @@ def test_messages_of_a_breaker_task_run_when_the_breakers_redis_is_gone():
         runs.append(self.message_id)
         return n
 
-    logged = []
-    handler = logging.Handler(logging.WARNING)
-    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("celery_reliable").addHandler(handler)
     link.close()  # the proxy is stopped: nothing answers on its port any more
     try:
-        with start_worker(
-            app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"
+        with (
+            _logged(logging.WARNING) as logged,
+            start_worker(
+                app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"
+            ),
         ):
             results = [
                 pay.apply_async((n,), headers={MESSAGE_ID_HEADER: f"pay-{n}"}) for n in range(5)
             ]
             assert [r.get(timeout=30, interval=0.02) for r in results] == list(range(5))
     finally:
-        logging.getLogger("celery_reliable").removeHandler(handler)
         reliable.database.dispose()
         drop_store(url, prefix)
     assert sorted(runs) == [f"pay-{n}" for n in range(5)]
     assert all(r.state == "SUCCESS" for r in results)
     assert any("circuit breaker storage unreachable" in m for m in logged), logged
+
+
+class GatewayDown(Exception):
+    """The service a breaker guards, failing."""
+
+
+def test_a_breaker_whose_redis_goes_down_opens_locally_then_shares_again(monkeypatch):
+    # Old code: pybreaker's CircuitRedisStorage swallows a RedisError once the breaker exists
+    # (it logs it and answers "closed", no failures), so with Redis gone after start-up no
+    # breaker counted or opened: every message ran against the failing service.
+    monkeypatch.setattr(breakers_module, "_SHARED_RETRY_AFTER", 0.3)  # the cool-down, short
+    url, prefix = require("postgresql"), unique()
+    link = FaultyLink.to(require("redis"))
+    app = make_app("memory://", url, prefix, reliable_redis_url=link.url)
+    reliable = app._celery_reliable
+    reliable.create_schema()
+    reliable.breakers.configure("payments", failure_threshold=2, on_open="dead_letter")
+    shared = redis.Redis.from_url(require("redis"))
+    counter_key = f"celery_reliable:{prefix}payments:pybreaker:fail_counter"
+    runs: list[str] = []
+
+    @app.task(
+        base=ReliableTask,
+        bind=True,
+        name="pay",
+        shared=False,
+        circuit_breaker="payments",
+        poison_exceptions=(GatewayDown,),
+    )
+    def pay(self, fails):
+        runs.append(self.message_id)
+        if fails:
+            raise GatewayDown("payment gateway down")
+        return "paid"
+
+    def send(key: str, *, fails: bool) -> Any:
+        return pay.apply_async((fails,), headers={MESSAGE_ID_HEADER: key})
+
+    try:
+        with (
+            _logged(logging.INFO) as logged,
+            start_worker(
+                app, pool="threads", concurrency=1, perform_ping_check=False, loglevel="WARNING"
+            ),
+        ):
+            assert send("before", fails=False).get(timeout=30, interval=0.02) == "paid"
+            assert shared.exists(counter_key)  # the breaker lives in Redis
+            link.cut()  # Redis goes away under a breaker that exists
+            failed = [dead_lettered(send(f"down-{n}", fails=True)) for n in range(2)]
+            held = dead_lettered(send("held", fails=True))
+            assert runs == ["before", "down-0", "down-1"]  # "held" never ran
+            assert [f.reason for f in failed] == ["PoisonMessage"] * 2
+            assert held.reason == "CircuitBreakerOpen"
+            link.restore()
+            # After the cool-down the shared state is used again. Redis never saw the local
+            # failures: closed there, so a run goes ahead, and its failure counts in Redis.
+            tries = iter(range(100))
+            wait_for(
+                lambda: (
+                    dead_lettered(send(f"after-{next(tries)}", fails=True)).reason
+                    == "PoisonMessage"
+                ),
+                10,
+                what="a run with the shared state",
+            )
+            assert runs[-1].startswith("after-")
+            assert int(shared.get(counter_key) or 0) == 1
+            assert any("circuit breaker storage is back" in m for m in logged), logged
+    finally:
+        reliable.database.dispose()
+        drop_store(url, prefix)
+        for key in shared.scan_iter(f"celery_reliable:{prefix}*"):
+            shared.delete(key)
+        link.close()
+    unreachable = [m for m in logged if "circuit breaker storage unreachable" in m]
+    assert len(unreachable) == 1, logged  # one warning for the outage, not one per message

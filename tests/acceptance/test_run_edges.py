@@ -1,4 +1,5 @@
-"""The edges of a run in real prefork workers: a hard time limit, and a run longer than its lease.
+"""The edges of a run in real prefork workers: a hard time limit, a run longer than its lease,
+and a run killed while its lease is renewed.
 
 Before the fix, a hard time limit acknowledged the message as FAILURE with its inbox row
 left ``processing`` (lost); a run longer than ``reliable_stuck_threshold`` was taken over
@@ -7,11 +8,15 @@ by a second copy while alive (its effect twice).
 
 from __future__ import annotations
 
+import socket
+from datetime import timedelta
+
 import pytest
 
 from celery_reliable import MESSAGE_ID_HEADER
 from celery_reliable.store.base import Status
 from celery_reliable.testing import wait_for
+from tests.acceptance.conftest import _stack
 
 
 def completed(stack, message_id: str, key: str) -> bool:
@@ -53,4 +58,63 @@ def test_a_run_longer_than_its_lease_is_not_taken_over_by_a_second_copy(stack):
         wait_for(lambda: completed(stack, message_id, "slow_effect"), 60, what="completion")
         wait_for(lambda: "already processed" in worker.output(), 60, what="the copy's end")
     assert stack.count("runs") == 1
+    assert stack.effect_count() == 1
+
+
+@pytest.fixture
+def rabbitmq_postgresql(tmp_path):
+    """The production pair. The test adds a second queue, deleted after it."""
+    for stack in _stack(("rabbitmq", "postgresql"), tmp_path):
+        stack.other_queue = f"q_{stack.prefix}other"
+        yield stack
+        with stack.producer.connection_for_write() as conn:
+            conn.default_channel.queue_delete(stack.other_queue)
+            conn.default_channel.exchange_delete(stack.other_queue)
+
+
+def test_a_killed_run_stops_renewing_and_a_waiting_copy_takes_over_once_the_lease_expires(
+    rabbitmq_postgresql,
+):
+    # A worker SIGKILLed mid-run renews its lease no more. A copy of the message without the
+    # broker's redelivered flag (a producer's retry, a copy that was waiting for the run)
+    # takes over once the lease has expired, not before, and runs; the killed run never
+    # committed, so the effect happens once. RabbitMQ's own redelivery of the killed run's
+    # message carries the flag and would take over at once (docs/inbox.md): here it waits
+    # in the first worker's queue, which nobody consumes until the end.
+    stack, lease = rabbitmq_postgresql, timedelta(seconds=3)
+    second_name = f"second-{stack.prefix}@{socket.gethostname()}"
+    (stack.dir / "hold").touch()
+    with (
+        stack.worker(RT_STUCK="3s") as first,
+        stack.worker("-Q", stack.other_queue, "-n", second_name, RT_STUCK="3s") as second,
+    ):
+        message_id = stack.send("effect", "before_commit")
+        wait_for(lambda: (stack.dir / "reached-before_commit").exists(), 60, what="the run")
+        claimed = stack.status(message_id, "effect").processing_started_at
+        wait_for(
+            lambda: stack.status(message_id, "effect").processing_started_at > claimed,
+            10,
+            what="a lease renewal",
+        )
+        wait_for(lambda: "ready." in second.output(), 60, what="the second worker")
+        stack.producer.send_task(
+            "effect",
+            ("before_commit",),
+            headers={MESSAGE_ID_HEADER: message_id},
+            queue=stack.other_queue,
+        )
+        wait_for(lambda: "in flight elsewhere" in second.output(), 30, what="the copy to wait")
+        renewed = stack.status(message_id, "effect").processing_started_at  # or a bit later
+        first.kill()  # main process and pool child at once: nothing renews any more
+        (stack.dir / "hold").unlink()  # the run that takes over must not block
+        wait_for(lambda: completed(stack, message_id, "effect"), 30, what="the takeover")
+        row = stack.status(message_id, "effect")
+        assert row.attempts == 2
+        assert row.processing_started_at >= renewed + lease  # not before it expired
+        # The killed run's own message, redelivered, finds the run done.
+        stack.producer.control.add_consumer(
+            f"q_{stack.prefix}", destination=[second_name], reply=True, timeout=10
+        )
+        wait_for(lambda: "already processed" in second.output(), 30, what="the redelivery")
+    assert stack.count("runs") == 2
     assert stack.effect_count() == 1

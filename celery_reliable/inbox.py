@@ -248,19 +248,24 @@ class Inbox:
         ):
             raise LostOwnership()
 
-    def save_result(self, claim: Claim, result: Any) -> None:
-        """Attach a return value computed after the completion mark was committed."""
-        encoded = self.encode_result(result)
-        if encoded is not None:
-            self.store.save_result(claim.message_id, claim.handler_key, encoded)
-
     def encode_result(self, result: Any) -> str | None:
+        """``result`` as JSON, or None when it is not stored.
+
+        Encoded before the completion commits: any failure to encode it (not JSON, a
+        circular or too deeply nested value, a ``__json__`` that raises) costs the stored
+        result only (a later duplicate returns None), never the run's completion.
+        """
         if result is None or not self.store_results:
             return None
         try:
             return str(kombu_json.dumps(result))  # type: ignore[no-untyped-call]
-        except (TypeError, ValueError):
-            logger.warning("result of type %s is not JSON-serializable; not stored", type(result))
+        except Exception as exc:
+            logger.warning(
+                "result of type %s cannot be encoded as JSON (%s: %s); not stored",
+                type(result).__name__,
+                type(exc).__name__,
+                exc,
+            )
             return None
 
     @staticmethod

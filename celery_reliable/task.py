@@ -147,10 +147,12 @@ class ReliableTask(Task):  # type: ignore[misc]
     def transaction(self) -> Iterator[Session]:
         """A Session on the reliable store whose commit carries the inbox completion mark.
 
-        Enter it once per run. Its commit at the end of the ``with`` block is the moment the
-        message counts as processed: the writes and the mark are both there, or neither.
-        Called outside a worker (the task called as a plain function) it is an ordinary
-        unit of work on the store.
+        Enter it once per run. The end of the ``with`` block flushes the writes; they
+        commit when the task returns, in one commit with the completion mark and the
+        return value: that is the moment the message counts as processed, and the writes,
+        the mark and the result are all there, or none of them. Code after the block that
+        raises (``self.retry()`` included) commits nothing. Called outside a worker (the
+        task called as a plain function) it is an ordinary unit of work on the store.
         """
         with self.reliable_binding().pipeline.transaction(self.request) as session:
             yield session

@@ -7,7 +7,8 @@ retry policy): no I/O and no clock, so ``tests/unit/test_delivery_decide.py`` co
 as a table, as ``inbox.decide`` is covered. The order of the failure rules:
 
 1. another delivery took the claim over: end without touching it (``LOST``);
-2. the completion mark is committed: the effects happened once, let Celery see the error;
+2. the completion mark is committed (``replace()`` commits it before raising Celery's
+   ``Ignore``): the effects happened once, let Celery see the ending;
 3. Celery's own ``Retry``/``Ignore``: the body decided, record the failure and pass it on;
 4. our store failed during the run: nobody's fault, defer and resume this claim;
 5. ``Reject(requeue=True)``: back to the broker as is;
@@ -184,7 +185,7 @@ def decide_failure(
     cause = failure.cause
     if cause is Cause.LOST:
         return Decision(Action.LOST)
-    if committed:  # the effects are committed; only what followed the commit failed
+    if committed:  # the effects are committed; only what followed the commit raised
         return Decision(Action.PASS)
     if cause is Cause.CELERY:
         return Decision(Action.PASS, record_failure=True)

@@ -1,12 +1,12 @@
 """Catch a body that commits (or ends) the Session of ``self.transaction()`` itself.
 
-The commit at the end of the ``with`` block carries the completion mark. A habitual
-``session.commit()`` inside it would commit the writes without the mark: the run would
+The Session's one commit, when the body returns, carries the completion mark. A habitual
+``session.commit()`` in the block would commit the writes without the mark: the run would
 then fail to complete, be retried, and commit the same writes again on every retry. So
 the Session refuses any commit but the pipeline's own (a ``before_commit`` listener
-raises ``TransactionMisuse`` before anything is written), and a block that ended its
-transaction some other way (``rollback()``, ``close()``) is refused at its end. Either
-way the run is dead-lettered at once, never retried.
+raises ``TransactionMisuse`` before anything is written), and a transaction ended some
+other way (``rollback()``, ``close()``) is refused at the block's end and again at the
+commit. Either way the run is dead-lettered at once, never retried.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session, SessionTransaction
 from celery_reliable.exceptions import TransactionMisuse
 
 _COMMITTED = (
-    "session.commit() inside self.transaction(): its commit at the end of the block "
-    "carries the completion mark, so the block must not commit on its own (nothing was "
-    "committed; the message is dead-lettered instead of retried)"
+    "session.commit() on the Session of self.transaction(): its commit when the task "
+    "returns carries the completion mark, so the task must not commit on its own (nothing "
+    "was committed; the message is dead-lettered instead of retried)"
 )
 _ENDED = (
-    "the transaction of self.transaction() was ended inside the block (rollback() or "
-    "close()); its commit at the end of the block carries the completion mark"
+    "the transaction of self.transaction() was ended by the task (rollback() or close()); "
+    "its commit when the task returns carries the completion mark"
 )
 
 

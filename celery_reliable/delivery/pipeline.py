@@ -1,8 +1,9 @@
 """The delivery pipeline: claim → run the body → complete, and every other ending.
 
-The completion mark commits in the same transaction as the body's writes made through
-``self.transaction()``. Deliveries that must not run the body end without touching what
-another delivery owns:
+The completion mark, with the body's result, commits when the body returns, in the same
+transaction as the writes it made through ``self.transaction()``: the block's exit only
+flushes them, so a body that raises after the block commits nothing. Deliveries that
+must not run the body end without touching what another delivery owns:
 
 - the original result, returned as this run's (Celery's ``SUCCESS``), when the message was
   already completed;
@@ -51,10 +52,9 @@ from celery_reliable.store.database import Database
 from .decide import Action, dead_letter, decide_claim, decide_failure, failure_of, judged
 from .guard import InfrastructureFailure, guarded, site
 from .lease import LeaseKeeper
-from .misuse import CommitGuard
 from .options import TaskOptions
 from .outcomes import REPLACED, DeadLetterSink, Outcomes
-from .run import Outcome, Run
+from .run import Outcome, PendingTransaction, Run
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,8 @@ BREAKER_ADMIT = site("breaker.admit", "ask the task's circuit breaker before cla
 BREAKER_RECORD = site("breaker.record", "report the run's success or failure to the breaker")
 CLAIM = site("inbox.claim", "claim the message in the inbox")
 FIRST_SEEN = site("detectors.first_seen", "read when the message was first seen, for detectors")
-COMPLETE = site("inbox.complete", "commit the completion mark (a body without a transaction)")
-COMMIT = site("transaction.commit", "commit self.transaction()'s writes with the mark")
-SAVE_RESULT = site("inbox.save_result", "attach the result after self.transaction()'s commit")
+COMPLETE = site("inbox.complete", "commit the completion mark alone (no self.transaction())")
+COMMIT = site("transaction.commit", "flush self.transaction()'s writes; commit them with the mark")
 
 if TYPE_CHECKING:
     from celery_reliable.breakers import Admission, Breakers
@@ -186,13 +185,12 @@ class Pipeline:
                 raise self.outcomes.perform(run, judged(verdict))
         run.request.reliable_run = run
         try:
-            with self.leases.kept(claim):
-                result = run.task.run(*run.args, **run.kwargs)
-            if run.completed:
-                self._save_result(run, result)
-            else:
-                with guarded(COMPLETE):
-                    self.inbox.complete(claim, result)
+            with self.leases.kept(claim):  # until the commit is done, not only the body
+                try:
+                    result = run.task.run(*run.args, **run.kwargs)
+                    self._complete(run, result)
+                finally:  # whatever ended the run: writes never commit without the mark
+                    run.discard_transaction()
         except Exception as exc:
             ending = self._failed(run, exc, admission)  # may be exc itself: raised as it is
         else:
@@ -202,22 +200,25 @@ class Pipeline:
             return result
         raise ending
 
-    def _save_result(self, run: Run, result: Any) -> None:
-        """Attach the result to the mark ``self.transaction()`` committed.
+    def _complete(self, run: Run, result: Any) -> None:
+        """Commit the completion mark with ``result``: with the writes of
+        ``self.transaction()`` in one commit when the body used it, else on its own.
 
-        The run is done whatever happens here: a store that fails now costs the result
-        (a later duplicate returns None), never the run's success.
+        The result is encoded before anything commits; one that cannot be encoded is
+        logged and not stored, and the run completes all the same.
         """
-        assert run.claim is not None
-        try:
-            with guarded(SAVE_RESULT):
-                self.inbox.save_result(run.claim, result)
-        except Exception:
-            logger.warning(
-                "message %s completed, but its result could not be saved",
-                run.message_id,
-                exc_info=True,
-            )
+        claim = run.claim
+        assert claim is not None
+        pending = run.transaction
+        if pending is None:
+            with guarded(COMPLETE):
+                self.inbox.complete(claim, result)
+        else:
+            with guarded(COMMIT, with_body=True):  # a failure is a StoreUnavailable: deferred
+                pending.commit(
+                    lambda connection: self.inbox.complete(claim, result, connection=connection)
+                )
+        run.completed = True
 
     def _record_breaker(self, admission: Admission, exc: Exception | None) -> None:
         """Tell the breaker how the run went; never changes how the delivery ends."""
@@ -324,18 +325,21 @@ class Pipeline:
         )
 
     def replaced(self, run: Run) -> None:
-        """The run ended by ``replace()``: its message is done, by its replacement."""
-        if not run.completed:  # else its transaction already completed it
-            assert run.claim is not None
-            self.inbox.complete(run.claim, REPLACED)
-            run.completed = True
+        """The run ended by ``replace()``: its message is done, by its replacement.
+
+        After a ``self.transaction()`` block its writes commit now, with this mark.
+        """
+        if not run.completed:
+            self._complete(run, REPLACED)
 
     @contextmanager
     def transaction(self, request: Any) -> Iterator[Session]:
         """``ReliableTask.transaction()``: a Session whose commit carries the completion mark.
 
-        Outside a delivery (the task called as a plain function) it is an ordinary unit of
-        work on the store.
+        The block's exit checks and flushes the writes; they commit when the body returns
+        (:meth:`_complete`), so that the mark can carry the body's result and code after
+        the block that fails leaves nothing committed. Outside a delivery (the task called
+        as a plain function) it is an ordinary unit of work on the store.
         """
         run: Run | None = getattr(request, "reliable_run", None)
         if run is None:
@@ -350,18 +354,17 @@ class Pipeline:
                 "mark, so put all of the run's writes in one block"
             )
         run.transaction_entered = True
-        assert run.claim is not None
-        with Session(self.database.engine) as session:  # closing it rolls back
-            transaction = session.begin()
-            commits = CommitGuard(session, transaction)
+        session = Session(self.database.engine)
+        try:
+            pending = PendingTransaction(session, session.begin())
             yield session  # what the body raises here ends the run as the body's failure
-            commits.check()
+            pending.check()
             with guarded(COMMIT, with_body=True):  # a failure is a StoreUnavailable: deferred
                 session.flush()
-                self.inbox.complete(run.claim, connection=session.connection())
-                commits.allow()
-                transaction.commit()
-        run.completed = True
+        except BaseException:
+            session.close()  # rolls back
+            raise
+        run.transaction = pending  # committed or discarded by the pipeline (_run)
 
 
 def _fallback_id(task_id: Any) -> str:

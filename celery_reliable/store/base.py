@@ -84,9 +84,6 @@ class InboxStore(Protocol):
     ) -> bool:
         """Move a claimed row to ``status`` if still at that version; False if superseded."""
 
-    def save_result(self, message_id: str, handler_key: str, result: str) -> None:
-        """Attach the return value to an already completed row."""
-
     def renew_lease(
         self, message_id: str, handler_key: str, expected_version: int, now: datetime
     ) -> bool:

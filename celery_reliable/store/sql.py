@@ -84,11 +84,6 @@ class SqlStore:
             .where(fenced & (status.c.status == Status.PROCESSING.value))
             .values(processing_started_at=bindparam("b_now"))
         )
-        self._save_result = (
-            update(status)
-            .where(pk & (status.c.status == Status.COMPLETED.value))
-            .values(result=bindparam("b_result"))
-        )
         first_status: dict[str, Any] = {
             "message_id": bindparam("b_message_id"),
             "handler_key": bindparam("b_handler_key"),
@@ -213,12 +208,6 @@ class SqlStore:
             return connection.execute(self._finish, params).rowcount == 1
         with self.database.autocommit.begin() as conn:
             return conn.execute(self._finish, params).rowcount == 1
-
-    def save_result(self, message_id: str, handler_key: str, result: str) -> None:
-        bounded = self._bounded(result, message_id, "result", cut=False)
-        params = {"b_message_id": message_id, "b_handler_key": handler_key, "b_result": bounded}
-        with self.database.autocommit.begin() as conn:
-            conn.execute(self._save_result, params)
 
     def renew_lease(
         self, message_id: str, handler_key: str, expected_version: int, now: datetime

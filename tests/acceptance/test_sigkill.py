@@ -8,7 +8,7 @@ from celery_reliable.store.base import Status
 from celery_reliable.testing import wait_for
 
 
-@pytest.mark.parametrize("kill_point", ["before_commit", "after_commit"])
+@pytest.mark.parametrize("kill_point", ["before_commit", "after_block", "after_commit"])
 def test_killing_the_whole_worker_mid_task_leaves_exactly_one_effect(stack, kill_point):
     (stack.dir / "hold").touch()
     with stack.worker() as first:
@@ -18,8 +18,9 @@ def test_killing_the_whole_worker_mid_task_leaves_exactly_one_effect(stack, kill
     (stack.dir / "hold").unlink()
 
     with stack.worker() as second:
-        if kill_point == "before_commit":
-            # Nothing was committed; the redelivery takes the crashed claim over and runs.
+        if kill_point != "after_commit":
+            # Nothing was committed (the commit waits for the body to return); the
+            # redelivery takes the crashed claim over and runs.
             wait_for(
                 lambda: (
                     (row := stack.status(message_id, "effect")) and row.status is Status.COMPLETED
@@ -34,7 +35,9 @@ def test_killing_the_whole_worker_mid_task_leaves_exactly_one_effect(stack, kill
             expected_runs, expected_attempts = 1, 1
     assert stack.effect_count() == 1
     assert stack.count("runs") == expected_runs
-    assert stack.status(message_id, "effect").attempts == expected_attempts
+    row = stack.status(message_id, "effect")
+    assert row.attempts == expected_attempts
+    assert stack.reliable.inbox.decode_result(row.result) == kill_point  # stored with the mark
 
 
 def test_a_pool_process_killed_once_is_processed_exactly_once(stack):

@@ -12,7 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-from sqlalchemy import Column, MetaData, String, Table
+from sqlalchemy import Column, MetaData, String, Table, event
 
 from celery_reliable import ReliableTask
 from celery_reliable.rabbitmq import use_dead_letter_exchange
@@ -61,14 +61,23 @@ def block_while_held(point: str) -> None:
 
 @app.task(base=ReliableTask, bind=True, name="effect")
 def effect(self, kill_point=None):
-    """One database effect per message; blocks before or after its commit when asked."""
+    """One database effect per message; blocks at ``kill_point`` when asked, and returns it.
+
+    ``before_commit``: inside the ``with`` block; ``after_block``: after the block, before
+    the body returns (nothing is committed yet); ``after_commit``: right after the commit of
+    the writes with the completion mark, before the broker's acknowledgement (a listener on
+    the Session's own ``after_commit`` event, so the moment is the commit, wherever it is).
+    """
     note("runs")
     with self.transaction() as session:
         session.execute(effects.insert().values(message_id=self.request.id))
         if kill_point == "before_commit":
             block_while_held(kill_point)
-    if kill_point == "after_commit":
+        if kill_point == "after_commit":
+            event.listen(session, "after_commit", lambda _: block_while_held(kill_point))
+    if kill_point == "after_block":
         block_while_held(kill_point)
+    return kill_point
 
 
 @app.task(base=ReliableTask, bind=True, name="kill_own_process")

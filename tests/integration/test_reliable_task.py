@@ -234,12 +234,14 @@ def test_a_renamed_handler_keeps_its_history_through_legacy_keys(h):
     assert fresh.state == "SUCCESS"
 
 
-def test_entering_the_transaction_twice_is_refused_and_nothing_more_commits(h):
+def test_entering_the_transaction_twice_is_refused_and_nothing_commits(h):
     result = h.app.tasks["twice"].delay()
     with pytest.raises(Exception, match="entered twice"):
         get(result)
-    # The first block committed with the completion mark; the second never began.
-    assert h.effect_rows() == [("a", 1)]
+    # The first block's writes waited for the body to return: rolled back with the run,
+    # which is dead-lettered as a misuse; the second block never began.
+    assert h.effect_rows() == []
+    assert h.status(result.id, "twice").status is Status.POISONED
 
 
 def test_called_as_a_function_the_task_is_plain_code(h):

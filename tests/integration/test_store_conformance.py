@@ -114,16 +114,6 @@ def test_complete_is_fenced_by_version_and_keeps_the_result(inbox):
     assert inbox.find_completed("m", ["other"]) is None
 
 
-def test_a_result_is_saved_on_a_completed_row_only(inbox):
-    claim(inbox, key="done")
-    claim(inbox, key="running")
-    assert inbox.finish("m", "done", 1, Status.COMPLETED, NOW)
-    inbox.save_result("m", "done", "42")
-    inbox.save_result("m", "running", "42")
-    assert inbox.get_status("m", "done").result == "42"
-    assert inbox.get_status("m", "running").result is None
-
-
 def test_a_failed_run_is_taken_over_with_one_more_attempt(inbox):
     claim(inbox)
     assert inbox.finish("m", "k", 1, Status.FAILED, NOW, error="ValueError: boom")

@@ -52,7 +52,10 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Claim:
-    """The result of claiming; for RUN it carries the fencing version of this run."""
+    """The result of claiming; for RUN it carries the fencing version of this run.
+
+    ``result`` is the row's JSON: a DUPLICATE's return value, a POISONED claim's ending.
+    """
 
     outcome: Outcome
     message_id: str
@@ -173,8 +176,8 @@ class Inbox:
             return Claim(
                 Outcome.DUPLICATE, message_id, handler_key, row.attempts, result=row.result
             )
-        if action is Action.ALREADY_POISONED:
-            return Claim(Outcome.POISONED, message_id, handler_key, row.attempts)
+        if action is Action.ALREADY_POISONED:  # result: the ending its quarantine kept
+            return Claim(Outcome.POISONED, message_id, handler_key, row.attempts, result=row.result)
         if action is Action.IN_FLIGHT:
             assert row.processing_started_at is not None
             lease_left = row.processing_started_at + self.stuck_threshold - now
@@ -235,14 +238,22 @@ class Inbox:
             claim.message_id, claim.handler_key, claim.version, Status.FAILED, utcnow(), error=error
         )
 
-    def quarantine(self, claim: Claim, error: str, *, connection: Any = None) -> None:
-        """Mark the claim poisoned (never run again); LostOwnership if it was taken over."""
+    def quarantine(
+        self, claim: Claim, error: str, *, ending: Any = None, connection: Any = None
+    ) -> None:
+        """Mark the claim poisoned (never run again); LostOwnership if it was taken over.
+
+        ``ending`` (JSON) is kept in the row's result, whatever ``store_results`` says: not
+        the task's return value but how it ended, which a later copy of the message ends
+        with too (``Claim.result`` of a POISONED claim).
+        """
         if not self.store.finish(
             claim.message_id,
             claim.handler_key,
             claim.version,
             Status.POISONED,
             utcnow(),
+            result=None if ending is None else _json(ending),
             error=error,
             connection=connection,
         ):
@@ -255,14 +266,17 @@ class Inbox:
             self.store.save_result(claim.message_id, claim.handler_key, encoded)
 
     def encode_result(self, result: Any) -> str | None:
-        if result is None or not self.store_results:
-            return None
-        try:
-            return str(kombu_json.dumps(result))  # type: ignore[no-untyped-call]
-        except (TypeError, ValueError):
-            logger.warning("result of type %s is not JSON-serializable; not stored", type(result))
-            return None
+        return None if result is None or not self.store_results else _json(result)
 
     @staticmethod
     def decode_result(encoded: str | None) -> Any:
         return None if encoded is None else kombu_json.loads(encoded)  # type: ignore[no-untyped-call]
+
+
+def _json(value: Any) -> str | None:
+    """``value`` as the JSON a row keeps; None (not kept) when it is not JSON-serializable."""
+    try:
+        return str(kombu_json.dumps(value))  # type: ignore[no-untyped-call]
+    except (TypeError, ValueError):
+        logger.warning("result of type %s is not JSON-serializable; not stored", type(value))
+        return None

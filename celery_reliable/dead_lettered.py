@@ -148,6 +148,13 @@ class _Derived(DeadLettered):
         self.reason, self.entry_id = self._label
         self.exc_type = original.__qualname__
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A worker's dead letter of Celery's control flow does not derive from it (_derive),
+        # and a pickled copy does not either: the prefork pool pickles it to its parent
+        # process, which would reject the message for a Reject instead of acknowledging it.
+        whole = isinstance(self, self._original)
+        return (_rebuild, (type(self).__qualname__, self.args, whole))
+
     def __repr__(self) -> str:
         shown = ", ".join(map(repr, self.args))
         return (
@@ -171,7 +178,12 @@ class _Unresolved(DeadLettered):
         return DeadLettered(reason, entry_id, cls._type_name, str(Exception(*args)))
 
 
-def _rebuild(name: str, args: tuple[Any, ...], *, caller: bool = True) -> DeadLettered:
+def _rebuild(name: str, args: tuple[Any, ...], caller: bool = True) -> DeadLettered:
+    """The dead letter ``name`` labels, from its ``args`` (pickle's way back, and a claim's).
+
+    ``caller``: with Celery's control flow as a base (``_derive``); a pickled worker-side
+    copy, and the ending a worker raises again, are without it.
+    """
     found = DeadLettered if name == DeadLettered.__qualname__ else _named(name, caller=caller)
     return found(*args)
 

@@ -173,6 +173,9 @@ def test_celerys_control_flow_is_a_base_for_the_caller_only(backend, control):
     assert isinstance(back, type(control))  # what the caller's .get() raises
     assert isinstance(back, DeadLettered)
     assert (back.reason, back.entry_id) == ("ManualRejection", 3)
+    copied = pickle.loads(pickle.dumps(failure))  # to the prefork pool's parent process
+    assert isinstance(copied, DeadLettered)
+    assert not isinstance(copied, type(control))
     again = DeadLettered.restored(failure.stored())  # what a quarantined copy raises
     assert isinstance(again, DeadLettered)
     assert not isinstance(again, type(control))

@@ -52,7 +52,10 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class Claim:
-    """The result of claiming; for RUN it carries the fencing version of this run."""
+    """The result of claiming; for RUN it carries the fencing version of this run.
+
+    ``result`` is the row's JSON: a DUPLICATE's return value, a POISONED claim's ending.
+    """
 
     outcome: Outcome
     message_id: str
@@ -173,8 +176,8 @@ class Inbox:
             return Claim(
                 Outcome.DUPLICATE, message_id, handler_key, row.attempts, result=row.result
             )
-        if action is Action.ALREADY_POISONED:
-            return Claim(Outcome.POISONED, message_id, handler_key, row.attempts)
+        if action is Action.ALREADY_POISONED:  # result: the ending its quarantine kept
+            return Claim(Outcome.POISONED, message_id, handler_key, row.attempts, result=row.result)
         if action is Action.IN_FLIGHT:
             assert row.processing_started_at is not None
             lease_left = row.processing_started_at + self.stuck_threshold - now
@@ -235,14 +238,22 @@ class Inbox:
             claim.message_id, claim.handler_key, claim.version, Status.FAILED, utcnow(), error=error
         )
 
-    def quarantine(self, claim: Claim, error: str, *, connection: Any = None) -> None:
-        """Mark the claim poisoned (never run again); LostOwnership if it was taken over."""
+    def quarantine(
+        self, claim: Claim, error: str, *, ending: Any = None, connection: Any = None
+    ) -> None:
+        """Mark the claim poisoned (never run again); LostOwnership if it was taken over.
+
+        ``ending`` (JSON) is kept in the row's result, whatever ``store_results`` says: not
+        the task's return value but how it ended, which a later copy of the message ends
+        with too (``Claim.result`` of a POISONED claim).
+        """
         if not self.store.finish(
             claim.message_id,
             claim.handler_key,
             claim.version,
             Status.POISONED,
             utcnow(),
+            result=None if ending is None else _json(ending),
             error=error,
             connection=connection,
         ):
@@ -251,23 +262,29 @@ class Inbox:
     def encode_result(self, result: Any) -> str | None:
         """``result`` as JSON, or None when it is not stored.
 
-        Encoded before the completion commits: any failure to encode it (not JSON, a
-        circular or too deeply nested value, a ``__json__`` that raises) costs the stored
+        Encoded before the completion commits: any failure to encode it costs the stored
         result only (a later duplicate returns None), never the run's completion.
         """
-        if result is None or not self.store_results:
-            return None
-        try:
-            return str(kombu_json.dumps(result))  # type: ignore[no-untyped-call]
-        except Exception as exc:
-            logger.warning(
-                "result of type %s cannot be encoded as JSON (%s: %s); not stored",
-                type(result).__name__,
-                type(exc).__name__,
-                exc,
-            )
-            return None
+        return None if result is None or not self.store_results else _json(result)
 
     @staticmethod
     def decode_result(encoded: str | None) -> Any:
         return None if encoded is None else kombu_json.loads(encoded)  # type: ignore[no-untyped-call]
+
+
+def _json(value: Any) -> str | None:
+    """``value`` as the JSON a row keeps; None (not kept) when it cannot be encoded.
+
+    Any failure counts (not JSON, a circular or too deeply nested value, a ``__json__``
+    that raises): the value is only a copy kept for later duplicates.
+    """
+    try:
+        return str(kombu_json.dumps(value))  # type: ignore[no-untyped-call]
+    except Exception as exc:
+        logger.warning(
+            "result of type %s cannot be encoded as JSON (%s: %s); not stored",
+            type(value).__name__,
+            type(exc).__name__,
+            exc,
+        )
+        return None

@@ -264,12 +264,12 @@ class Outcomes:
         )
         try:
             try:
-                entry_id = self._store_dead_letter(run, message, reason, exc, detail, detector)
+                dead = self._store_dead_letter(run, message, reason, exc, detail, detector)
             except DataError as refused:  # the message's values, not an outage: keep less
                 logger.error("message %s: dead letter refused (%s)", run.message_id, refused)
                 detail = f"{detail or ''} (stored without arguments and headers: {refused})"
                 bare = replace(message, args=[], kwargs={}, headers={})
-                entry_id = self._store_dead_letter(run, bare, reason, exc, detail, detector)
+                dead = self._store_dead_letter(run, bare, reason, exc, detail, detector)
         except LostOwnership:
             logger.warning("message %s: another delivery took it over", run.message_id)
             return _caused_by(_ignored(), None)
@@ -285,18 +285,18 @@ class Outcomes:
             run.message_id,
             run.task.name,
             reason.value,
-            entry_id,
+            dead.entry_id,
         )
         _event(
             run,
             DEAD_LETTERED,
-            dead_letter_id=entry_id,
+            dead_letter_id=dead.entry_id,
             reason=reason.value,
             detector=detector,
             exc_type=type(exc).__name__ if exc is not None else None,
             exc_message=str(exc) if exc is not None else detail,
         )
-        return DeadLettered.of(reason.value, entry_id, exc, detail)
+        return dead
 
     def _store_dead_letter(
         self,
@@ -306,15 +306,22 @@ class Outcomes:
         exc: BaseException | None,
         detail: str | None,
         detector: str | None,
-    ) -> int:
-        """Commit the dead letter and the claim's quarantine together; the entry's id."""
+    ) -> DeadLettered:
+        """Commit the dead letter and the claim's quarantine together; what the run raises.
+
+        The quarantined claim keeps that exception, so that a later copy of the message
+        (the same task id applied again) fails with it too: the same reason, entry id and
+        original exception (``quarantined``).
+        """
         error = f"dead-lettered: {reason.value}: {detail or exc}"
         with guarded(DEAD_LETTER), self.database.engine.begin() as conn:
-            if run.claim is not None:
-                self.inbox.quarantine(run.claim, error, connection=conn)
-            return self.dead_letters.add(
+            entry_id = self.dead_letters.add(
                 message, reason, exc=exc, detail=detail, detector=detector, connection=conn
             )
+            dead = DeadLettered.of(reason.value, entry_id, exc, detail)
+            if run.claim is not None:
+                self.inbox.quarantine(run.claim, error, ending=dead.stored(), connection=conn)
+            return dead
 
     def _dead_letter_deferred(self, run: Run, store_error: BaseException) -> BaseException:
         """The store failed while dead-lettering: defer, and let the copy resume the claim."""
@@ -327,19 +334,31 @@ class Outcomes:
     def quarantined(self, run: Run) -> BaseException:
         """Another copy of a message that was already dead-lettered: it stays dead.
 
-        It fails as the dead letter did (``DeadLettered``), without the entry id: finding
-        it would cost a search of the dead letters on every such copy.
+        It fails with the exception the dead letter ended with, which the quarantine kept
+        (its reason, entry id and original exception): a frozen signature applied again
+        fails as it did the first time. A claim quarantined without it (an ending that is
+        not JSON, or too large for the store) fails as a plain ``PoisonMessage``.
         """
-        assert run.claim is not None
+        claim = run.claim
+        assert claim is not None
         logger.warning(
             "message %s (%s) is quarantined; this copy is not run",
             run.message_id,
-            run.claim.handler_key,
+            claim.handler_key,
         )
         run.outcome = Outcome.DEAD_LETTERED
         detail = "a copy of a message already dead-lettered"
-        _event(run, DEAD_LETTERED, reason=DeadLetterReason.POISON_MESSAGE.value, detail=detail)
-        return DeadLettered.of(DeadLetterReason.POISON_MESSAGE.value, None, None, detail)
+        dead = DeadLettered.restored(self.inbox.decode_result(claim.result))
+        if dead is None:
+            dead = DeadLettered.of(DeadLetterReason.POISON_MESSAGE.value, None, None, detail)
+        _event(
+            run,
+            DEAD_LETTERED,
+            dead_letter_id=dead.entry_id,
+            reason=dead.reason,
+            detail=detail,
+        )
+        return dead
 
     def duplicate(self, run: Run) -> Any:
         """Completed before: the first run's result, for Celery to store as this SUCCESS.

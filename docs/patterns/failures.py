@@ -23,6 +23,7 @@ try:
 except ValueError as exc:  # DeadLettered is also the body's own exception type
     assert isinstance(exc, DeadLettered)
     assert (exc.reason, exc.exc_type) == ("UnhandledException", "ValueError")
+    assert exc.args == ("card 4242 declined",)  # the body's exception's own arguments
     assert exc.entry_id is not None  # celery -A app reliable dlq show ID
 else:
     raise AssertionError("a dead letter raises")

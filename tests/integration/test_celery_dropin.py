@@ -113,10 +113,29 @@ def test_a_dead_letter_is_a_failure_the_caller_and_the_errback_see(dropin):
     result = app.tasks["fails"].apply_async(("x",), link_error=app.tasks["errback"].s())
     failure = dead_lettered(result)
     assert isinstance(failure, ValueError)  # the body's own type, for plain-Celery code
+    assert failure.args == ("bad x",)  # and its arguments: it compares as the body's would
     assert (failure.reason, failure.exc_type) == ("UnhandledException", "ValueError")
     assert failure.entry_id is not None
     assert calls.runs[result.id] == 1  # a ValueError, no retry_policy named: not retried
     wait_for(lambda: result.id in calls.errbacks, 30, what="the errback")
+
+
+def test_a_dead_lettered_task_id_applied_again_fails_as_it_did(dropin):
+    """A frozen signature applied twice (Celery's suite does, in a chord's header and then
+    its body): the second message is a copy of a dead letter, not run, and fails with the
+    same exception, entry id included, calling its errback as the first did."""
+    app, calls = dropin
+    task_id = str(uuid.uuid4())
+    errback = app.tasks["errback"].s()
+    first = app.tasks["fails"].apply_async(("again",), task_id=task_id, link_error=errback)
+    dead = dead_lettered(first)
+    first.forget()  # so that .get() waits for the second message's own ending
+    second = app.tasks["fails"].apply_async(("again",), task_id=task_id, link_error=errback)
+    again = dead_lettered(second)
+    assert isinstance(again, ValueError)
+    assert (again.args, again.reason, again.entry_id) == (dead.args, dead.reason, dead.entry_id)
+    assert calls.runs[task_id] == 1
+    wait_for(lambda: calls.errbacks.count(task_id) == 2, 30, what="both errbacks")
 
 
 def test_a_chain_with_a_dead_lettered_step_raises(dropin):

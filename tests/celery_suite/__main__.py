@@ -32,7 +32,8 @@ BACKEND = "redis://127.0.0.1:6379/15"
 DATABASE = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def _cache() -> Path:
+def cache_dir() -> Path:
+    """Where the sdist and its extracted tests are kept between runs."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "celery_reliable"
 
@@ -42,7 +43,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--files", nargs="+", default=list(FILES), help="of t/integration/")
     parser.add_argument("-k", dest="keyword", help="pytest -k expression")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per test")
-    parser.add_argument("--cache", type=Path, default=_cache(), help="sdist and extracted tests")
+    parser.add_argument("--cache", type=Path, default=cache_dir(), help="sdist and extracted tests")
     parser.add_argument("--out", type=Path, help="logs and report (default: CACHE/run)")
     parser.add_argument("--broker", default=BROKER)
     parser.add_argument("--backend", default=BACKEND)

@@ -33,7 +33,7 @@ from .poison import PoisonDetector, as_detector
 from .relay import Relay, RelayHooks
 from .retry import RetryPolicies
 from .settings import Settings
-from .store import Database, SqlStore, build_tables, migrate
+from .store import Database, SqlStore, build_tables, inbox_store, migrate
 from .store.dead_letter_rows import SqlDeadLetterRows
 from .store.outbox_rows import OutboxRows
 from .store.tables import Tables
@@ -117,7 +117,7 @@ class Reliable:
 
     @cached_property
     def store(self) -> SqlStore:
-        return SqlStore(self.database, self.tables)
+        return inbox_store(self.database, self.tables)
 
     @cached_property
     def inbox(self) -> Inbox:

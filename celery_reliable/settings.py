@@ -133,7 +133,13 @@ class Settings:
         "reliable_", _table_prefix, "Prefix of every table (and of the migration version table)."
     )
     engine_options: Mapping[str, Any] = _setting(
-        None, _mapping, "Extra keyword arguments for `sqlalchemy.create_engine` (pool sizes, ...)."
+        None,
+        _mapping,
+        "Extra keyword arguments for `sqlalchemy.create_engine` (pool sizes, ...). On "
+        "PostgreSQL with psycopg each worker process also keeps up to two connections of "
+        "its own, outside the pools, for the claim and the completion mark, which run as "
+        "prepared statements; `{'connect_args': {'prepare_threshold': None}}` turns "
+        "preparing off (a pooler that cannot keep prepared statements).",
     )
     max_attempts: int = _setting(
         10,

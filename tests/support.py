@@ -12,14 +12,16 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
+from sqlalchemy import text
 
 from celery_reliable import DeadLettered, Reliable
-from celery_reliable.testing import KillableProcess, celery_command
+from celery_reliable.store import Database, Tables, build_tables, migrate
+from celery_reliable.testing import KillableProcess, celery_command, drop_store, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRE_SERVICES = os.environ.get("RELIABLE_REQUIRE_SERVICES") == "1"
@@ -125,3 +127,31 @@ def worker_process(
         yield worker
     finally:
         worker.stop()
+
+
+@contextmanager
+def postgres_store() -> Iterator[tuple[Database, Tables]]:
+    """A migrated PostgreSQL store with its own tables, disposed and dropped after."""
+    url = require("postgresql")
+    database, tables = Database(url), build_tables(unique())
+    migrate.upgrade(database, tables)
+    try:
+        yield database, tables
+    finally:
+        database.dispose()
+        drop_store(url, tables.prefix)
+
+
+def backend_pid(database: Database, kind: Literal["claims", "autocommit"]) -> int:
+    """The PostgreSQL backend of this process's dedicated ``kind`` connection (taking one)."""
+    pid = database.dedicated(kind).run(lambda conn: conn.info.backend_pid, "pg_backend_pid", {})
+    assert pid is not None, "the dedicated connection is busy"
+    return int(pid)
+
+
+def terminate_backend(database: Database, pid: int) -> None:
+    """Kill one backend, as an administrator or a crash would, and wait until it is gone."""
+    alive = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+    with database.engine.connect() as conn:
+        assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
+        wait_for(lambda: conn.execute(alive, {"pid": pid}).scalar() == 0, 10, what="its exit")

@@ -9,6 +9,10 @@ Only a database crash in between can lose a claim; the inbox treats a vanished c
 again later", never as done. That saves one disk flush per task. SQLite has no server round
 trips; there all are one engine whose transactions start with ``BEGIN IMMEDIATE``, which
 keeps concurrent worker processes on one host from deadlocking on lock upgrades.
+
+On PostgreSQL with psycopg 3 the claim and the completion mark skip SQLAlchemy: each runs on
+a dedicated connection taken from ``claims`` or ``autocommit`` (``store/dedicated.py``,
+``store/psycopg_store.py``), with the same commit semantics.
 """
 
 from __future__ import annotations
@@ -16,12 +20,14 @@ from __future__ import annotations
 import os
 import weakref
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 from celery_reliable.exceptions import ConfigurationError
+
+from .dedicated import Dedicated
 
 _DRIVER_HINTS = {
     "psycopg": "pip install 'celery-reliable[postgres]'",
@@ -40,6 +46,7 @@ class Database:
         self._autocommit: Engine | None = None
         self._claims: Engine | None = None
         self._packet_limit: int | None = None
+        self._dedicated: dict[str, Dedicated] = {}
         _LIVE.add(self)
 
     @property
@@ -75,6 +82,17 @@ class Database:
             self._claims = self._create(isolation_level="AUTOCOMMIT", connect_args=connect_args)
         return self._claims
 
+    def dedicated(self, kind: Literal["claims", "autocommit"]) -> Dedicated:
+        """This process's own long-lived connection of the ``kind`` engine, for hot statements.
+
+        One per engine and process, shared by every store of this database; see
+        ``store/dedicated.py`` for why and how it stays safe (forks, outages, threads).
+        """
+        found = self._dedicated.get(kind)
+        if found is None:
+            found = self._dedicated[kind] = Dedicated(lambda: getattr(self, kind), self.recycle)
+        return found
+
     def packet_limit(self) -> int | None:
         """The largest statement the server accepts, in bytes; None if it has no such limit.
 
@@ -95,7 +113,9 @@ class Database:
         return [e for e in (self._engine, self._autocommit, self._claims) if e is not None]
 
     def dispose(self) -> None:
-        """Close every pooled connection (tests, shutdown)."""
+        """Close every pooled and dedicated connection (tests, shutdown)."""
+        for dedicated in self._dedicated.values():
+            dedicated.close()
         for engine in self._engines():
             engine.dispose()
         self._engine = self._autocommit = self._claims = None
@@ -122,18 +142,21 @@ class Database:
         event.listen(engine, "handle_error", self._on_error)
         return engine
 
-    def _on_error(self, context: Any) -> None:
+    def recycle(self, *, but: Engine | None = None) -> None:
         """A dropped connection on one engine means the others' pooled ones are dead too.
 
-        SQLAlchemy recycles the pool of the engine that saw the disconnect; the store's
-        other engines would each fail once more on their next checkout (a deferred message
-        per engine per outage). Recycle them all at once instead.
+        Each engine would otherwise fail once more on its next checkout (a deferred message
+        per engine per outage): every pool is replaced at once, ``but`` the one SQLAlchemy
+        has already recycled itself. Dedicated connections (``store/dedicated.py``) go with
+        their engine's pool, and call this when they see a disconnect first.
         """
-        if not context.is_disconnect:
-            return
         for engine in self._engines():
-            if engine is not context.engine:
+            if engine is not but:
                 engine.dispose()
+
+    def _on_error(self, context: Any) -> None:
+        if context.is_disconnect:
+            self.recycle(but=context.engine)
 
 
 def _make_sqlite_safe(engine: Engine) -> None:

@@ -135,6 +135,10 @@ class SqlStore:
             "b_task_name": task_name,
             "b_m_now": now,
         }
+        return self._insert_claim(params)
+
+    def _insert_claim(self, params: dict[str, Any]) -> bool:
+        """Run the first claim's statement(s) on their own, committed."""
         with self.database.claims.begin() as conn:
             if self._insert_message is not None:
                 conn.execute(self._insert_message, params)
@@ -206,6 +210,10 @@ class SqlStore:
         }
         if connection is not None:
             return connection.execute(self._finish, params).rowcount == 1
+        return self._finish_alone(params)
+
+    def _finish_alone(self, params: dict[str, Any]) -> bool:
+        """Run the finishing update on its own, committed synchronously."""
         with self.database.autocommit.begin() as conn:
             return conn.execute(self._finish, params).rowcount == 1
 

@@ -21,13 +21,22 @@ from sqlalchemy.exc import DBAPIError
 
 from celery_reliable.dead_letters import DeadLetterFilter, FailedMessage
 from celery_reliable.dead_letters.fitting import entry_row, fit_row
-from celery_reliable.store import Database, SqlStore, Tables, build_tables, migrate
+from celery_reliable.store import (
+    Database,
+    PsycopgStore,
+    SqlStore,
+    Tables,
+    build_tables,
+    migrate,
+)
 from celery_reliable.store.base import Status
 from celery_reliable.store.dead_letter_rows import SqlDeadLetterRows
 from celery_reliable.store.outbox_rows import OutboxRows
 
 #: Each port's adapters: the classes built with ``(database, tables)``.
-INBOX_STORES: list[type[Any]] = [SqlStore]
+INBOX_STORES: list[type[Any]] = [SqlStore, PsycopgStore]
+#: Adapters for one database only (by dialect name); the others serve every database.
+ONLY_ON: dict[type[Any], str] = {PsycopgStore: "postgresql"}
 OUTBOX_ROWS: list[type[Any]] = [OutboxRows]
 #: Built with ``(database, tables, delete_in_batches)``.
 DEAD_LETTER_ROWS: list[type[Any]] = [SqlDeadLetterRows]
@@ -61,8 +70,14 @@ def store(migrated: Store) -> Iterator[Store]:
             conn.execute(delete(table))
 
 
+def serves(cls: type[Any], database: Database) -> bool:
+    return ONLY_ON.get(cls, database.dialect) == database.dialect
+
+
 @pytest.fixture(params=INBOX_STORES, ids=lambda cls: cls.__name__)
 def inbox(request: pytest.FixtureRequest, store: Store) -> Any:
+    if not serves(request.param, store.database):
+        pytest.skip(f"{request.param.__name__} serves {ONLY_ON[request.param]} only")
     return request.param(store.database, store.tables)
 
 
@@ -163,7 +178,7 @@ def test_an_interrupted_claim_is_handed_back_by_its_owner_only(inbox):
 
 
 def test_a_store_without_its_tables_raises_one_of_its_failures(store):
-    for cls in INBOX_STORES:
+    for cls in filter(lambda cls: serves(cls, store.database), INBOX_STORES):
         missing = cls(store.database, build_tables(f"{store.tables.prefix}missing_"))
         with pytest.raises(missing.failures):
             missing.insert_claim("m", "k", "task", NOW, "w1")

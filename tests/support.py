@@ -152,6 +152,13 @@ def backend_pid(database: Database, kind: Literal["claims", "autocommit"]) -> in
 def terminate_backend(database: Database, pid: int) -> None:
     """Kill one backend, as an administrator or a crash would, and wait until it is gone."""
     alive = text("SELECT count(*) FROM pg_stat_activity WHERE pid = :pid")
+
+    def gone() -> bool:
+        # A new transaction each time: PostgreSQL keeps one snapshot of pg_stat_activity
+        # per transaction, so polling in one would see the backend alive for ever.
+        with database.engine.connect() as conn:
+            return conn.execute(alive, {"pid": pid}).scalar() == 0
+
     with database.engine.connect() as conn:
         assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar()
-        wait_for(lambda: conn.execute(alive, {"pid": pid}).scalar() == 0, 10, what="its exit")
+    wait_for(gone, 10, what="its exit")

@@ -22,6 +22,7 @@ from .admin import Admin
 from .classify import Classifier
 from .dead_letters import DeadLetters
 from .delivery import Binding, Pipeline, TaskOptions, check_unique_keys, resolve_options
+from .delivery.lease import renewal_grace
 from .exceptions import ConfigurationError
 from .health import Health
 from .inbox import Inbox
@@ -126,6 +127,7 @@ class Reliable:
             self.store,
             max_attempts=settings.max_attempts,
             stuck_threshold=settings.stuck_threshold,
+            renewal_grace=renewal_grace(settings.stuck_threshold),
             store_results=settings.store_results,
         )
 

@@ -66,22 +66,34 @@ class Claim:
     retry_in: timedelta = timedelta(0)
 
 
+def lease_limit(
+    redelivered: bool, stuck_threshold: timedelta, renewal_grace: timedelta
+) -> timedelta:
+    """The lease age up to which a delivery takes a ``processing`` claim for a live run."""
+    return renewal_grace if redelivered else stuck_threshold
+
+
 def decide(
     row: StatusRow,
     *,
     redelivered: bool,
     now: datetime,
     stuck_threshold: timedelta,
+    renewal_grace: timedelta,
     max_attempts: int,
     resumes_version: int | None = None,
     resumes_unrun: bool = False,
 ) -> Action:
     """Decide what a delivery may do with the existing status row of its message.
 
-    A row still ``processing`` means an earlier run either is alive or crashed. The broker's
-    redelivery flag (RabbitMQ natively, kombu's Redis transport on restore) or a lease older
-    than ``stuck_threshold`` says it crashed; otherwise a live delivery holds it and this one
+    A row still ``processing`` means an earlier run either is alive or crashed. A lease
+    (renewed while the run lives) younger than its limit says it is alive: this delivery
     must wait, neither running nor dropping its copy, since it may be the only copy left.
+    The limit is ``stuck_threshold``, or the shorter ``renewal_grace`` for a copy the broker
+    flagged ``redelivered``: the flag says the delivery before it ended without an answer,
+    which a crash does but so does a live run (a Redis visibility timeout restores its
+    message, a RabbitMQ connection lost mid-run), and only a lease that stopped being
+    renewed tells the two apart.
     ``resumes_version`` is set on a copy that a run re-published when it lost the store: it
     may take over the claim it abandoned (that version) at once. ``resumes_unrun`` says that
     claim never ran the body (the store failed while it was written): resuming it is the
@@ -94,10 +106,9 @@ def decide(
     started = row.processing_started_at
     if (
         row.status is Status.PROCESSING
-        and not redelivered
         and row.version != resumes_version
         and started is not None
-        and now - started < stuck_threshold
+        and now - started < lease_limit(redelivered, stuck_threshold, renewal_grace)
     ):
         return Action.IN_FLIGHT
     unrun = resumes_unrun and row.status is Status.PROCESSING and row.version == resumes_version
@@ -115,11 +126,14 @@ class Inbox:
         *,
         max_attempts: int,
         stuck_threshold: timedelta,
+        renewal_grace: timedelta,
         store_results: bool,
     ) -> None:
         self.store = store
         self.max_attempts = max_attempts
         self.stuck_threshold = stuck_threshold
+        #: The lease age past which a flagged redelivery takes a ``processing`` claim over.
+        self.renewal_grace = renewal_grace
         self.store_results = store_results
 
     def claim(
@@ -151,11 +165,12 @@ class Inbox:
                 redelivered=redelivered,
                 now=now,
                 stuck_threshold=self.stuck_threshold,
+                renewal_grace=self.renewal_grace,
                 max_attempts=self.max_attempts,
                 resumes_version=resumes_version,
                 resumes_unrun=resumes_unrun,
             )
-            claim = self._act(action, row, message_id, handler_key, now, owner)
+            claim = self._act(action, row, message_id, handler_key, now, owner, redelivered)
             if claim is not None:
                 return claim
         raise ReliableError(
@@ -170,6 +185,7 @@ class Inbox:
         handler_key: str,
         now: datetime,
         owner: str,
+        redelivered: bool,
     ) -> Claim | None:
         """Carry out ``action``; None when a concurrent delivery moved the row first."""
         if action is Action.DUPLICATE:
@@ -180,7 +196,8 @@ class Inbox:
             return Claim(Outcome.POISONED, message_id, handler_key, row.attempts, result=row.result)
         if action is Action.IN_FLIGHT:
             assert row.processing_started_at is not None
-            lease_left = row.processing_started_at + self.stuck_threshold - now
+            limit = lease_limit(redelivered, self.stuck_threshold, self.renewal_grace)
+            lease_left = row.processing_started_at + limit - now  # back when it would expire
             retry_in = max(min(lease_left, IN_FLIGHT_RECHECK), timedelta(seconds=0.1))
             return Claim(
                 Outcome.IN_FLIGHT, message_id, handler_key, row.attempts, retry_in=retry_in

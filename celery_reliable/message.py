@@ -19,10 +19,21 @@ RESUMES_HEADER = "reliable_resumes_version"
 #: With RESUMES_HEADER, when that claim never ran the body (its answer was lost): the copy
 #: takes it over without counting another attempt.
 RESUMES_UNRUN_HEADER = "reliable_resumes_unrun"
+#: Set on a copy re-published by a delivery the broker flagged redelivered (or that carried
+#: this header): the copy is judged as flagged too, so a dead run's claim is still taken
+#: over once its lease stops being renewed, not only after ``reliable_stuck_threshold``.
+REDELIVERED_HEADER = "reliable_redelivered"
 #: How many times a message was deferred (waiting for a live delivery or the store).
 DEFERRALS_HEADER = "reliable_deferrals"
 #: When the message was published, or is due (epoch seconds): the lag metrics start here.
 SENT_AT_HEADER = "reliable_sent_at"
+
+
+def redelivered(delivery_info: Mapping[str, Any] | None, headers: Mapping[str, Any] | None) -> bool:
+    """Whether the broker flagged this delivery redelivered, or an earlier one of its copy."""
+    return bool((delivery_info or {}).get("redelivered")) or (
+        (headers or {}).get(REDELIVERED_HEADER) is True
+    )
 
 
 def validate_message_id(value: object, *, source: str = "message id") -> str:

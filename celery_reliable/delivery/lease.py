@@ -6,10 +6,17 @@ run instead of taking it over, and stuck recovery leaves it alone. Without renew
 that runs longer than the threshold would be taken over while alive, and its external
 effects (a payment call) would happen twice.
 
-One daemon thread per process renews the lease of every run in progress every third of
-the threshold. Each renewal is fenced by the claim's version, so it never revives a claim
-that was taken over or finished. A process that dies stops renewing, so its claim is
-still taken over once the threshold has passed since the last renewal.
+One daemon thread per process renews the lease of every run in progress every
+:func:`renew_interval` (a third of the threshold, at most 10 s). Each renewal is fenced by
+the claim's version, so it never revives a claim that was taken over or finished. A process
+that dies stops renewing, so its claim is still taken over once the threshold has passed
+since the last renewal.
+
+The short interval lets a copy that the broker flagged redelivered tell a live run from a
+dead one within seconds: a lease that is renewed never gets older than the
+:func:`renewal_grace`, so a flagged copy that finds it younger waits for the live run (a
+Redis visibility timeout or a lost RabbitMQ connection restores the message of a run that
+is still going), and takes over a dead run's claim once it is older.
 """
 
 from __future__ import annotations
@@ -31,13 +38,29 @@ logger = logging.getLogger(__name__)
 
 RENEW = site("inbox.renew_lease", "renew the lease of a running claim (a timer thread)")
 
+#: The longest wait between two renewals of a running claim's lease.
+MAX_RENEW_INTERVAL = timedelta(seconds=10)
+#: How many renewal intervals a lease may miss before a flagged copy takes its claim over:
+#: room for a renewal delayed by a busy machine or a slow store round trip.
+GRACE_INTERVALS = 2.5
+
+
+def renew_interval(stuck_threshold: timedelta) -> timedelta:
+    """How often a running claim's lease is renewed: short, whatever the threshold."""
+    return min(stuck_threshold / 3, MAX_RENEW_INTERVAL)
+
+
+def renewal_grace(stuck_threshold: timedelta) -> timedelta:
+    """The lease age past which a claim is no longer renewed: its run is dead."""
+    return renew_interval(stuck_threshold) * GRACE_INTERVALS
+
 
 class LeaseKeeper:
     """Renews the leases of the runs in progress in this process."""
 
     def __init__(self, store: InboxStore, stuck_threshold: timedelta) -> None:
         self.store = store
-        self.interval = stuck_threshold.total_seconds() / 3
+        self.interval = renew_interval(stuck_threshold).total_seconds()
         self._claims: dict[int, Claim] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()

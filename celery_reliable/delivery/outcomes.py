@@ -33,9 +33,11 @@ from celery_reliable.exceptions import LostOwnership, StoreUnavailable
 from celery_reliable.inbox import Inbox
 from celery_reliable.message import (
     DEFERRALS_HEADER,
+    REDELIVERED_HEADER,
     RESUMES_HEADER,
     RESUMES_UNRUN_HEADER,
     SENT_AT_HEADER,
+    redelivered,
 )
 from celery_reliable.outbox import Outbox
 from celery_reliable.settings import Settings
@@ -213,6 +215,8 @@ class Outcomes:
         headers[DEFERRALS_HEADER] = deferrals
         if abandoned_version is not None:
             headers[RESUMES_HEADER] = abandoned_version
+        if redelivered(request.delivery_info, headers):  # the flag is not published again
+            headers[REDELIVERED_HEADER] = True
         if unrun:  # the abandoned claim never ran the body: resuming it is the same attempt
             headers[RESUMES_UNRUN_HEADER] = True
         else:

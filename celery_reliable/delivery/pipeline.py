@@ -42,7 +42,12 @@ from celery_reliable.exceptions import (
 )
 from celery_reliable.inbox import Claim, Inbox
 from celery_reliable.inbox import Outcome as Claimed
-from celery_reliable.message import RESUMES_HEADER, RESUMES_UNRUN_HEADER, message_id_from
+from celery_reliable.message import (
+    RESUMES_HEADER,
+    RESUMES_UNRUN_HEADER,
+    message_id_from,
+    redelivered,
+)
 from celery_reliable.outbox import Outbox
 from celery_reliable.poison import FailureContext, PoisonDetector, Verdict, judge
 from celery_reliable.settings import Settings
@@ -258,7 +263,7 @@ class Pipeline:
                     options.handler_key,
                     task_name=run.task.name,
                     owner=f"{request.hostname or socket.gethostname()}:{os.getpid()}",
-                    redelivered=bool((request.delivery_info or {}).get("redelivered")),
+                    redelivered=redelivered(request.delivery_info, headers),
                     legacy_keys=options.legacy_keys,
                     resumes_version=headers.get(RESUMES_HEADER),
                     resumes_unrun=headers.get(RESUMES_UNRUN_HEADER) is True,

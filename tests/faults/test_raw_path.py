@@ -58,7 +58,13 @@ def test_through_the_inbox_a_killed_connection_is_an_uncertain_claim(pg):
     """The pipeline defers a ClaimUncertain with the version it may have taken."""
     database, tables = pg
     store = PsycopgStore(database, tables)
-    inbox = Inbox(store, max_attempts=3, stuck_threshold=timedelta(minutes=5), store_results=True)
+    inbox = Inbox(
+        store,
+        max_attempts=3,
+        stuck_threshold=timedelta(minutes=5),
+        renewal_grace=timedelta(seconds=25),
+        store_results=True,
+    )
     assert inbox.claim("before", "k", task_name="task", owner="w1").outcome is Outcome.RUN
     terminate_backend(database, backend_pid(database, "claims"))
     with pytest.raises(ClaimUncertain) as caught:

@@ -2,11 +2,13 @@
 
 import threading
 from collections import Counter
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from celery_reliable import LostOwnership, Reliable, StoreUnavailable
+from celery_reliable.clock import utcnow
 from celery_reliable.inbox import Outcome
 from celery_reliable.store.base import Status
 from tests.support import make_app
@@ -28,6 +30,16 @@ def status_of(reliable, message_id="m-1", key="k"):
     return reliable.store.get_status(message_id, key)
 
 
+def stop_renewing(reliable, message_id="m-1"):
+    """Age the message's lease past the renewal grace, as if its run had died."""
+    t = reliable.tables.inbox_status
+    aged = utcnow() - reliable.inbox.renewal_grace - timedelta(seconds=1)
+    with reliable.database.engine.begin() as conn:
+        conn.execute(
+            update(t).where(t.c.message_id == message_id).values(processing_started_at=aged)
+        )
+
+
 def test_first_delivery_runs_and_records_both_rows(reliable):
     first = claim(reliable)
     assert (first.outcome, first.attempts, first.version) == (Outcome.RUN, 1, 1)
@@ -46,9 +58,16 @@ def test_completed_message_is_a_duplicate_with_its_result(reliable):
     assert reliable.inbox.decode_result(again.result) == {"charged": 5}
 
 
-def test_live_claim_makes_a_second_delivery_wait_and_a_redelivery_take_over(reliable):
+def test_a_redelivery_waits_for_a_renewed_lease_and_takes_over_a_dead_one(reliable):
     first = claim(reliable)
     assert claim(reliable).outcome is Outcome.IN_FLIGHT
+    # A flagged copy of a live run (a Redis visibility timeout) comes back when the lease
+    # would run out unrenewed, not after the whole threshold.
+    waiting = claim(reliable, redelivered=True)
+    assert waiting.outcome is Outcome.IN_FLIGHT
+    assert timedelta(0) < waiting.retry_in <= reliable.inbox.renewal_grace
+    stop_renewing(reliable)
+    assert claim(reliable).outcome is Outcome.IN_FLIGHT  # unflagged: the threshold holds
     second = claim(reliable, redelivered=True)
     assert (second.outcome, second.attempts, second.version) == (Outcome.RUN, 2, 2)
     # The superseded run can no longer complete: its writes would double the effect.
@@ -67,8 +86,10 @@ def test_a_failed_run_is_claimed_again_at_once(reliable):
 
 def test_max_attempts_quarantines_and_keeps_the_row(reliable):
     for attempt in (1, 2, 3):
+        stop_renewing(reliable)
         run = claim(reliable, redelivered=True)
         assert (run.outcome, run.attempts) == (Outcome.RUN, attempt)
+    stop_renewing(reliable)
     exhausted = claim(reliable, redelivered=True)
     assert (exhausted.outcome, exhausted.attempts) == (Outcome.EXHAUSTED, 3)
     assert status_of(reliable).status is Status.PROCESSING  # the caller quarantines it
@@ -140,13 +161,12 @@ def test_racing_deliveries_run_the_message_once(reliable):
     assert Counter(outcomes) == {Outcome.RUN: 1, Outcome.IN_FLIGHT: 7}
 
 
-def test_racing_redeliveries_take_over_one_at_a_time(reliable):
-    """Redelivered copies race for a crashed claim: the version fence serialises them."""
+def test_racing_redeliveries_take_over_once(reliable):
+    """Redelivered copies race for a crashed claim: the version fence lets one win, and
+    the fresh lease of its claim makes the others wait for it."""
     claim(reliable, "crashed")
+    stop_renewing(reliable, "crashed")
     claims = race(6, lambda: claim(reliable, "crashed", redelivered=True))
-    runs = [c for c in claims if c.outcome is Outcome.RUN]
-    # Every winner took over from the one before it, so each holds its own version and at
-    # most the last one can still complete.
-    assert runs
-    assert sorted(c.version for c in runs) == list(range(2, 2 + len(runs)))
-    assert status_of(reliable, "crashed").attempts == 1 + len(runs)
+    assert Counter(c.outcome for c in claims) == {Outcome.RUN: 1, Outcome.IN_FLIGHT: 5}
+    assert [c.version for c in claims if c.outcome is Outcome.RUN] == [2]
+    assert status_of(reliable, "crashed").attempts == 2

@@ -9,6 +9,7 @@ from celery_reliable.store.base import Status, StatusRow
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
 LEASE = timedelta(minutes=5)
+GRACE = timedelta(seconds=25)  # renewal_grace of that threshold
 
 
 def row(status, attempts=1, started_ago=timedelta(seconds=1), version=1):
@@ -21,6 +22,7 @@ def verdict(r, redelivered=False, resumes_version=None, max_attempts=3, resumes_
         redelivered=redelivered,
         now=NOW,
         stuck_threshold=LEASE,
+        renewal_grace=GRACE,
         max_attempts=max_attempts,
         resumes_version=resumes_version,
         resumes_unrun=resumes_unrun,
@@ -39,8 +41,17 @@ def test_fresh_processing_without_redelivery_is_in_flight_elsewhere():
     assert verdict(row(Status.PROCESSING)) is Action.IN_FLIGHT
 
 
-def test_redelivery_takes_over_a_crashed_run():
-    assert verdict(row(Status.PROCESSING), redelivered=True) is Action.TAKE_OVER
+def test_a_redelivery_waits_for_a_run_whose_lease_is_still_renewed():
+    # A Redis visibility timeout or a lost RabbitMQ connection flags a copy of a live run.
+    assert verdict(row(Status.PROCESSING), redelivered=True) is Action.IN_FLIGHT
+    renewed = row(Status.PROCESSING, started_ago=GRACE - timedelta(seconds=1))
+    assert verdict(renewed, redelivered=True) is Action.IN_FLIGHT
+
+
+def test_a_redelivery_takes_over_a_run_that_stopped_renewing_its_lease():
+    crashed = row(Status.PROCESSING, started_ago=GRACE + timedelta(seconds=1))
+    assert verdict(crashed, redelivered=True) is Action.TAKE_OVER
+    assert verdict(crashed) is Action.IN_FLIGHT  # unflagged: the threshold still holds
 
 
 def test_a_stale_lease_is_taken_over_without_redelivery():
@@ -59,8 +70,9 @@ def test_a_failed_run_is_retried_at_once():
 
 @pytest.mark.parametrize("status", [Status.FAILED, Status.PROCESSING])
 def test_max_attempts_poisons_instead_of_running(status):
-    assert verdict(row(status, attempts=3), redelivered=True) is Action.POISON
-    assert verdict(row(status, attempts=2), redelivered=True) is Action.TAKE_OVER
+    dead = GRACE * 2  # a PROCESSING row's run stopped renewing
+    assert verdict(row(status, 3, dead), redelivered=True) is Action.POISON
+    assert verdict(row(status, 2, dead), redelivered=True) is Action.TAKE_OVER
 
 
 def test_a_live_run_on_its_last_attempt_is_left_alone():

@@ -26,7 +26,7 @@ def completed(stack, message_id: str, key: str) -> bool:
 
 
 def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_completes(stack):
-    with stack.worker(RT_MAX_ATTEMPTS="4"):
+    with stack.worker(RT_MAX_ATTEMPTS="4", RT_STUCK="3s"):  # taken over 2.5 s after the kill
         message_id = stack.send("overruns", 1)
         wait_for(lambda: completed(stack, message_id, "overruns"), 90, what="the second run")
     assert stack.count("runs") == 2
@@ -35,7 +35,7 @@ def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_completes(stack)
 
 
 def test_a_message_that_always_overruns_is_dead_lettered_not_lost(stack):
-    with stack.worker(RT_MAX_ATTEMPTS="2"):
+    with stack.worker(RT_MAX_ATTEMPTS="2", RT_STUCK="3s"):
         message_id = stack.send("overruns", 1000)
         wait_for(lambda: stack.reliable.dead_letters.count() == 1, 90, what="the dead letter")
     assert stack.status(message_id, "overruns").status is Status.POISONED

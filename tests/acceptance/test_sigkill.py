@@ -7,17 +7,21 @@ import pytest
 from celery_reliable.store.base import Status
 from celery_reliable.testing import wait_for
 
+#: A short lease: the broker's redelivery of a killed run takes its claim over once the
+#: lease is no longer renewed (2.5 s here), not after the default 25 s.
+STUCK = "3s"
+
 
 @pytest.mark.parametrize("kill_point", ["before_commit", "after_block", "after_commit"])
 def test_killing_the_whole_worker_mid_task_leaves_exactly_one_effect(stack, kill_point):
     (stack.dir / "hold").touch()
-    with stack.worker() as first:
+    with stack.worker(RT_STUCK=STUCK) as first:
         message_id = stack.send("effect", kill_point)
         wait_for(lambda: (stack.dir / f"reached-{kill_point}").exists(), 60, what=kill_point)
         first.kill()  # main process and pool child at once, like a lost host
     (stack.dir / "hold").unlink()
 
-    with stack.worker() as second:
+    with stack.worker(RT_STUCK=STUCK) as second:
         if kill_point != "after_commit":
             # Nothing was committed (the commit waits for the body to return); the
             # redelivery takes the crashed claim over and runs.
@@ -41,7 +45,7 @@ def test_killing_the_whole_worker_mid_task_leaves_exactly_one_effect(stack, kill
 
 
 def test_a_pool_process_killed_once_is_processed_exactly_once(stack):
-    with stack.worker():
+    with stack.worker(RT_STUCK=STUCK):
         message_id = stack.send("kill_own_process", 1)
         wait_for(
             lambda: (
@@ -57,7 +61,7 @@ def test_a_pool_process_killed_once_is_processed_exactly_once(stack):
 
 
 def test_a_message_that_keeps_killing_its_worker_is_quarantined(stack):
-    with stack.worker(RT_MAX_ATTEMPTS="2") as worker:
+    with stack.worker(RT_MAX_ATTEMPTS="2", RT_STUCK=STUCK) as worker:
         poison = stack.send("kill_own_process", 1000)
         wait_for(
             lambda: (

@@ -151,8 +151,10 @@ class Settings:
     stuck_threshold: timedelta = _setting(
         timedelta(minutes=5),
         parse_duration,
-        "How long a claim may stay in processing before another delivery may take it over "
-        "without a redelivery flag from the broker (lease length).",
+        "How long a claim's lease may go unrenewed before a delivery without the broker's "
+        "redelivered flag takes it over (lease length). A running body renews its lease "
+        "every third of this, at most every 10 s; a flagged copy takes over after 2.5 "
+        "renewal intervals unrenewed (25 s by default).",
     )
     store_results: bool = _setting(
         True,

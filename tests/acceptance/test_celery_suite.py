@@ -5,7 +5,7 @@ deterministic error), ``self.retry`` with ``max_retries``, ``replace()``, a chai
 errback, a group's errback, an error propagating to a chord, a chord header's errback,
 ``link_error`` compared with ``==``, an errback reused by a chord in a chain, and two of
 the chain-of-groups cases. 21 tests, about 100 s both ways on a 2-core box, in one
-subprocess beside the other xdist workers. The full run (three files, about an hour)
+subprocess beside the other xdist workers. The full run (three files, about 40 minutes)
 stays on demand: ``python -m tests.celery_suite`` (docs/testing.md).
 
 Celery's tests come from its sdist on the package index (pip, once per cache directory):

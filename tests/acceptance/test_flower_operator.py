@@ -75,8 +75,13 @@ def test_a_dead_lettered_task_reads_as_a_failure_in_flower(failures, browser):  
         return browser.find_element(By.CSS_SELECTOR, css)
 
     def badges() -> list[tuple[str, str]]:
-        spans = browser.find_elements(By.CSS_SELECTOR, "#tasks-table tbody .badge")
-        return [(s.text, s.get_attribute("class") or "") for s in spans]
+        # One script reads them all at once: the table re-renders while the filter applies,
+        # and elements found in one call could be gone by the next (a stale reference).
+        found = browser.execute_script(
+            "return Array.from(document.querySelectorAll('#tasks-table tbody .badge'),"
+            " s => [s.innerText.trim(), s.className]);"
+        )
+        return [(text, css) for text, css in found]
 
     # The tasks page: "Failed" lists the dead-lettered tasks, with a danger badge.
     browser.get(url + "/tasks")

@@ -134,8 +134,9 @@ def test_pages_need_flowers_authentication(store: Store, authed: str):
     client = Client(authed)
     token = client.token()
     del client.headers["Authorization"]
+    replays = store.entry("xss").replay_count  # the module's browser test replays it too
     assert client.request("/dead-letters/replay", [("ids", str(entry)), ("_xsrf", token)])[0] == 401
-    assert store.entry("xss").replay_count == 0
+    assert store.entry("xss").replay_count == replays
     # The navbar link is on Flower's own pages, served by Flower's own handlers.
     assert 'id="nav-dead-letters"' in Client(authed).request("/workers")[1]
 

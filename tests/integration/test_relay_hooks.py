@@ -86,10 +86,13 @@ def test_single_relay_mode_publishes_from_one_relay_and_fails_over(db_url, table
         "second": threading.Thread(target=second.relay.run, args=(stops["second"],)),
     }
     threads["first"].start()
-    wait_for(lambda: first.health.relay_heartbeat.age() is not None, 10, what="first relay")
-    threads["second"].start()
     try:
-        enqueue(first, first_app, 20)
+        # The heartbeat comes before the lock in a cycle: only a published row says that the
+        # first relay holds the lock, so the second starts after one.
+        enqueue(first, first_app, 1)
+        wait_for(lambda: counted["first"] == 1, 30, what="the first relay to take the lock")
+        threads["second"].start()
+        enqueue(first, first_app, 19)
         wait_for(lambda: sent(first) == 20, 30, what="20 sent")
         # The hook runs just after the rows are marked: wait for it, not for the rows.
         wait_for(lambda: counted["first"] == 20, 10, what="the first relay's batch hooks")
@@ -103,6 +106,7 @@ def test_single_relay_mode_publishes_from_one_relay_and_fails_over(db_url, table
     finally:
         for name in stops:
             stops[name].set()
-            threads[name].join(30)
+            if threads[name].ident is not None:  # started
+                threads[name].join(30)
         first.database.dispose()
         second.database.dispose()

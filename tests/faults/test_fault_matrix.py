@@ -87,8 +87,9 @@ MATRIX: dict[str, Row] = {
     ),
     "breaker.record": Row(
         "the FaultyLink cut while the body runs",
-        "ending unchanged (pybreaker's Redis storage logs and swallows the error itself)",
+        "ending unchanged; the breaker falls back to this process's own (a warning)",
         body="cut",
+        logged="circuit breaker storage unreachable",
     ),
     "inbox.claim": Row(
         "store unreachable", "deferred; runs once later", (Fault("store", "insert_claim"),)

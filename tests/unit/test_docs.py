@@ -1,6 +1,7 @@
 """The docs stay true: the configuration reference is current and the site builds strictly."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -38,3 +39,22 @@ def test_the_index_links_every_page():
     pages = {p.name for p in (ROOT / "docs").glob("*.md")} - {"index.md"}
     missing = sorted(page for page in pages if f"]({page}" not in index)
     assert not missing, f"docs/index.md does not link {missing}"
+
+
+def test_no_table_row_is_cut_off_from_its_table():
+    """A paragraph between two rows ends the table: the rows after it render as text (as
+    operations.md's ``beat`` row did, under the relay's log line)."""
+    separator = re.compile(r"^\|[\s:|-]+\|\s*$")
+    stray = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        lines = page.read_text().splitlines()
+        fenced = False
+        for number, line in enumerate(lines):
+            fenced ^= line.startswith("```")
+            if fenced or not line.startswith("|"):
+                continue
+            after = lines[number + 1] if number + 1 < len(lines) else ""
+            if not (number and lines[number - 1].startswith("|")) and not separator.match(after):
+                stray.append(f"{page.name}:{number + 1}: {line[:60]}")
+    assert not stray, stray
+

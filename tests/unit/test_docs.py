@@ -58,3 +58,18 @@ def test_no_table_row_is_cut_off_from_its_table():
                 stray.append(f"{page.name}:{number + 1}: {line[:60]}")
     assert not stray, stray
 
+
+def test_a_page_that_runs_flower_installs_its_extra_first():
+    """Each page's shell blocks, read in order, install the ``flower`` extra before they
+    run ``reliable flower``: without it the command only says "Flower is not installed"
+    (the quick start once installed ``[postgres,redis]``). The ``test`` extra has Flower
+    too, but it is how to run the tests, not what a user of Flower installs."""
+    install = re.compile(r"pip install (?:-e )?['\"]?[^\s'\"]*\[([a-z,]+)\]")
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        installed: set[str] = set()
+        for block in re.findall(r"```(?:bash|console)\n(.*?)```", page.read_text(), re.DOTALL):
+            for line in block.splitlines():
+                for extras in install.findall(line):
+                    installed.update(extras.split(","))
+                if "reliable flower" in line:
+                    assert "flower" in installed, f"{page.name}: {line.strip()}"

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import click
 
 from celery_reliable.dead_letters import DeadLetterFilter, DeadLetterReason, DeadLetters
+from celery_reliable.durations import readable
 
 from .base import extension, reliable
 from .output import (
@@ -16,7 +17,6 @@ from .output import (
     Moment,
     PerSecond,
     Text,
-    duration,
     emit_json,
     json_option,
     plural,
@@ -196,7 +196,7 @@ def stats(ctx: click.Context, as_json: bool) -> None:
         emit_json(statistics.as_dict())
         return
     click.echo(f"entries: {statistics.count}")
-    click.echo(f"oldest: {duration(statistics.oldest_age)}")
+    click.echo(f"oldest: {readable(statistics.oldest_age)}")
     for title, counts in (
         ("REASON", statistics.by_reason),
         ("TASK", statistics.by_task),

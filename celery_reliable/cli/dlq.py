@@ -190,11 +190,13 @@ def purge(ctx: click.Context, older_than: timedelta, dry_run: bool, as_json: boo
 @json_option
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
-    """How many entries, by reason, task and failure group, and the oldest one's age."""
+    """How many messages and entries, entries by reason, task and failure group, and the
+    oldest one's age (a replay that fails again adds an entry to its message)."""
     statistics = _letters(ctx).statistics()
     if as_json:
         emit_json(statistics.as_dict())
         return
+    click.echo(f"messages: {statistics.messages}")
     click.echo(f"entries: {statistics.count}")
     click.echo(f"oldest: {readable(statistics.oldest_age)}")
     for title, counts in (

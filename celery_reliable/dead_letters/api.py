@@ -154,10 +154,12 @@ class DeadLetters:
         return self.count(replayed=False)
 
     def statistics(self) -> DeadLetterStatistics:
-        """Count, counts by reason, task and failure group, and the oldest entry's age."""
+        """Entries and messages, entries by reason, task and failure group, and the oldest
+        entry's age."""
         stats = self._rows.statistics()
         return DeadLetterStatistics(
             count=stats.count,
+            messages=stats.messages,
             by_reason=stats.by_reason,
             by_task=stats.by_task,
             by_failure_group=stats.by_failure_group,

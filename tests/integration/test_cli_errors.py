@@ -177,9 +177,13 @@ def test_counts_read_naturally(store: Reliable):
     dead_letter(store, "m-2")
     dry = invoke(store.app, "dlq", "replay", "--reason", "PoisonMessage", "--dry-run")
     assert dry.stdout.strip() == "would replay 2 entries"
+    dead_letter(store, "m-2")  # its replay failed again: a second entry, the same message
     stats = invoke(store.app, "dlq", "stats").stdout
+    assert stats.splitlines()[:2] == ["messages: 2", "entries: 3"]
     oldest = next(line for line in stats.splitlines() if line.startswith("oldest: "))
     assert oldest.endswith(" s"), oldest  # such as "oldest: 0.1 s"
+    counts = json.loads(invoke(store.app, "dlq", "stats", "--json").stdout)
+    assert (counts["messages"], counts["count"]) == (2, 3)
 
 
 def test_inbox_list_lists_by_state(store: Reliable):

@@ -185,11 +185,23 @@ def test_each_failure_from_the_command_line_then_a_replay(shop_env: dict[str, st
         assert replayed.strip() == "replayed 1 entry"
         wait_for(lambda: payments(shop_env, "order-3") == 1, 60, 0.2, what="the replayed charge")
         assert worker.proc.poll() is None, worker.output()
+        log = worker.output()
     finally:
         relay.stop()
         worker.stop()
     assert payments(shop_env, "order-3") == 1  # once: the three failed runs rolled back
     assert payments(shop_env, "order-2") == 0  # declined: nothing charged
+    # Each dead letter ends with one line of ours that says what happened and where it is
+    # kept; Celery's own line for it is one line too ("raised expected"), no traceback.
+    for message, ending in (
+        ("order-2-charge", "PoisonMessage: entry 1: workers.shop.CardDeclined: order-2: card"),
+        ("order-3-charge", "MaxRetriesExceeded: entry 2: workers.shop.ProviderUnavailable"),
+    ):
+        (line,) = [line for line in log.splitlines() if f"message {message} (" in line]
+        assert "ERROR" in line
+        assert f"dead-lettered as {ending}" in line, line
+    assert log.count("raised expected: DeadLettered(") == 2, log
+    assert "Traceback" not in log, log
 
 
 def test_a_charge_takes_one_fault_at_most(shop_env: dict[str, str]):

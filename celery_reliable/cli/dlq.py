@@ -199,6 +199,8 @@ def stats(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"messages: {statistics.messages}")
     click.echo(f"entries: {statistics.count}")
     click.echo(f"oldest: {readable(statistics.oldest_age)}")
+    if not statistics.count:
+        return  # nothing to break down
     for title, counts in (
         ("REASON", statistics.by_reason),
         ("TASK", statistics.by_task),

@@ -171,6 +171,8 @@ def test_json_on_the_commands_that_act(store: Reliable):
 
 
 def test_counts_read_naturally(store: Reliable):
+    empty = invoke(store.app, "dlq", "stats")
+    assert empty.stdout == "messages: 0\nentries: 0\noldest: -\n"  # no three bare "(none)"
     dead_letter(store, "m-1")
     dry = invoke(store.app, "dlq", "replay", "--reason", "PoisonMessage", "--dry-run")
     assert dry.stdout.strip() == "would replay 1 entry"

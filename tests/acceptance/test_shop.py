@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from sqlalchemy import create_engine, text
 from celery_reliable.testing import wait_for
 from tests.support import ROOT, celery_process
 
+from .flower_support import dead_letters_page
 from .test_flower import free_port
 
 SHOP = "workers.shop"
@@ -127,17 +127,8 @@ def test_flower_with_the_dead_letters_page_starts_as_the_readme_says(
         shop_env,
         tmp_path / "flower.log",
     )
-
-    def page() -> str | None:
-        assert flower.proc.poll() is None, flower.output()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/dead-letters", timeout=2) as r:
-                return str(r.read().decode())
-        except OSError:
-            return None
-
     try:
-        html = wait_for(page, 60, 0.2, what="Flower's Dead Letters page")
+        html = dead_letters_page(flower, port)
     finally:
         flower.stop()
     assert "<title>Dead letters · Flower</title>" in html

@@ -195,6 +195,37 @@ def test_each_failure_from_the_command_line_then_a_replay(shop_env: dict[str, st
     assert "Traceback" not in log, log
 
 
+@pytest.mark.parametrize(
+    ("store", "says"),
+    [
+        ("not migrated", "run `celery -A workers.shop reliable db upgrade`"),
+        ("unreachable", "the store postgresql+psycopg://postgres@127.0.0.1:1/test is unreachable"),
+    ],
+)
+def test_the_shop_without_its_store_says_so_in_one_line(
+    shop_env: dict[str, str], store: str, says: str
+):
+    """What a new user meets who skipped `db upgrade`, or whose database is down: one
+    line naming what to do, as the `celery reliable` commands say it (not 100 lines)."""
+    if store == "unreachable":
+        shop_env = {
+            **shop_env,
+            "RELIABLE_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/test",
+        }
+    result = subprocess.run(
+        [sys.executable, "-m", SHOP, "order-1", "4200"],
+        cwd=ROOT,
+        env={**os.environ, **shop_env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert says in line
+
+
 def test_a_charge_takes_one_fault_at_most(shop_env: dict[str, str]):
     result = subprocess.run(
         [sys.executable, "-m", SHOP, "charge", "o", "1", "--card-declined", "--provider-down"],

@@ -37,8 +37,9 @@ def shop_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def run(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
+def python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` from the repository's root, as a user runs the shop and celery."""
+    return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, **env},
@@ -46,6 +47,10 @@ def run(env: dict[str, str], *args: str) -> str:
         text=True,
         timeout=60,
     )
+
+
+def run(env: dict[str, str], *args: str) -> str:
+    result = python(env, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -97,14 +102,7 @@ def test_worker_relay_and_beat_as_separate_processes(shop_env: dict[str, str], t
 
 
 def test_a_bad_order_command_says_how_to_use_it(shop_env: dict[str, str]):
-    result = subprocess.run(
-        [sys.executable, "-m", SHOP, "order-1", "lots"],
-        cwd=ROOT,
-        env={**os.environ, **shop_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = python(shop_env, "-m", SHOP, "order-1", "lots")
     assert result.returncode == 2
     assert "usage: python -m workers.shop ORDER_ID AMOUNT_CENTS" in result.stderr
 
@@ -212,14 +210,7 @@ def test_the_shop_without_its_store_says_so_in_one_line(
             **shop_env,
             "RELIABLE_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/test",
         }
-    result = subprocess.run(
-        [sys.executable, "-m", SHOP, "order-1", "4200"],
-        cwd=ROOT,
-        env={**os.environ, **shop_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = python(shop_env, "-m", SHOP, "order-1", "4200")
     assert result.returncode == 3, result.stderr
     (line,) = result.stderr.splitlines()
     assert line.startswith("error: ")
@@ -227,13 +218,6 @@ def test_the_shop_without_its_store_says_so_in_one_line(
 
 
 def test_a_charge_takes_one_fault_at_most(shop_env: dict[str, str]):
-    result = subprocess.run(
-        [sys.executable, "-m", SHOP, "charge", "o", "1", "--card-declined", "--provider-down"],
-        cwd=ROOT,
-        env={**os.environ, **shop_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = python(shop_env, "-m", SHOP, "charge", "o", "1", "--card-declined", "--provider-down")
     assert result.returncode == 2
     assert "--card-declined | --provider-down" in result.stderr

@@ -1,6 +1,8 @@
-"""Durations written the way operators write them: ``90``, ``30s``, ``5m``, ``12h``, ``30d``.
+"""Durations written the way operators write them: ``90``, ``30s``, ``5m``, ``12h``, ``30d``,
+and shown the way they read them: ``20 s``, ``5 min 3 s``.
 
-Settings and the command line share this parser so that one spelling works everywhere.
+Settings and the command line share this parser so that one spelling works everywhere;
+the command line, the Flower page and the relay's log share :func:`readable`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,22 @@ def parse_duration(value: object) -> timedelta:
         return timedelta(seconds=seconds)
     except OverflowError:  # past timedelta's 999,999,999 days: a ValueError like the rest
         raise ValueError(f"{value!r} is too long a duration") from None
+
+
+def readable(value: timedelta | None) -> str:
+    """An age or a wait as people read it: ``0.4 s``, ``20 s``, ``5 min 3 s``, ``2 d 4 h``
+    (the two largest units); ``-`` for none."""
+    if value is None:
+        return "-"
+    seconds = value.total_seconds()
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    parts, rest = [], round(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        count, rest = divmod(rest, size)
+        if count:
+            parts.append(f"{count} {unit}")
+    return " ".join(parts[:2])
 
 
 def ago(duration: timedelta, now: datetime | None = None) -> datetime:

@@ -341,6 +341,38 @@ class Reliable:
         return f"<Reliable app={self.app.main!r}>"
 
 
+class _WorkerRefused(click.ClickException):
+    """``celery worker`` refusing to start: click prints the one line, ``Error: ...``, and
+    exits with the code ``celery reliable`` would use (2 for the app's settings or tasks,
+    3 for the store's schema), not a 50-line traceback that ends with it."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class _CheckAtStartup(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Fail ``celery worker`` at start-up on a bad setting, a handler-key clash or a store
+    whose schema is behind.
+
+    Under the ``celery worker`` command the failure is one line and an exit code; a worker
+    started from code (``start_worker``, ``app.Worker``) gets the ConfigurationError.
+    """
+
+    label = "celery_reliable check"
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        reliable = Reliable.of(worker.app)
+        for check, exit_code in ((reliable.check, 2), (reliable.check_schema, 3)):
+            try:
+                check()
+            except ConfigurationError as exc:
+                if click.get_current_context(silent=True) is None:
+                    raise
+                raise _WorkerRefused(str(exc), exit_code) from None
+        super().__init__(worker, **kwargs)
+
+
 class _RelayInWorker(bootsteps.StartStopStep):  # type: ignore[misc]
     """The relay as a thread of the worker's main process (``reliable_relay_in_worker``).
 
@@ -349,7 +381,9 @@ class _RelayInWorker(bootsteps.StartStopStep):  # type: ignore[misc]
     """
 
     label = "celery_reliable relay"
-    requires = ("celery.worker.components:Pool",)
+    # After the check: this step reads a setting, which must not fail before the check
+    # says what is wrong in one line.
+    requires = (_CheckAtStartup, "celery.worker.components:Pool")
 
     def __init__(self, worker: Any, **kwargs: Any) -> None:
         self.enabled = Reliable.of(worker.app).settings.relay_in_worker
@@ -412,15 +446,3 @@ def _release_interrupted(app: Celery) -> None:
                 logger.warning("message %s interrupted by shutdown: not counted", message_id)
         except Exception:  # the store may be what is going away; redelivery still works
             logger.warning("could not release %s at shutdown", message_id, exc_info=True)
-
-
-class _CheckAtStartup(bootsteps.StartStopStep):  # type: ignore[misc]
-    """Fail ``celery worker`` at start-up on a bad setting or a handler-key clash."""
-
-    label = "celery_reliable check"
-
-    def __init__(self, worker: Any, **kwargs: Any) -> None:
-        reliable = Reliable.of(worker.app)
-        reliable.check()
-        reliable.check_schema()
-        super().__init__(worker, **kwargs)

@@ -27,10 +27,13 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import text
+
+from .durations import readable
 
 if TYPE_CHECKING:
     from kombu.connection import Connection
@@ -181,24 +184,26 @@ class Health:
         age = self._outbox_stats().oldest_due_age
         limit = self.settings.unhealthy_after
         if age is not None and age > limit:
-            return UNHEALTHY, f"a due message has waited {age} (more than {limit}): no relay?"
+            waited, most = readable(age), readable(limit)
+            return UNHEALTHY, f"a due message has waited {waited} (more than {most}): no relay?"
         return OK, "draining" if age is not None else "nothing due"
 
     def _relay_loop(self) -> tuple[str, str]:
-        age = self.relay_heartbeat.age()
-        limit = self.settings.unhealthy_after.total_seconds()
-        if age is None:
+        seconds = self.relay_heartbeat.age()
+        limit = self.settings.unhealthy_after
+        if seconds is None:
             return OK, "no relay runs on this host"
+        age = timedelta(seconds=seconds)
         if age > limit:
             cause = self.relay_heartbeat.cause()
             if cause:
                 return UNHEALTHY, f"relay loop died: {cause}"
-            return UNHEALTHY, f"relay loop last ran {age:.0f}s ago (limit {limit:.0f}s)"
-        return OK, f"relay loop ran {age:.1f}s ago"
+            return UNHEALTHY, f"relay loop last ran {readable(age)} ago (limit {readable(limit)})"
+        return OK, f"relay loop ran {readable(age)} ago"
 
     def _dead_letters(self) -> tuple[str, str]:
         waiting = self._dead_letter_depth()
         limit = self.settings.dead_letter_degraded_depth
         if waiting > limit:
-            return DEGRADED, f"{waiting} dead letters await review (more than {limit})"
-        return OK, f"{waiting} dead letters await review"
+            return DEGRADED, f"dead letters awaiting review: {waiting} (more than {limit})"
+        return OK, f"dead letters awaiting review: {waiting}"

@@ -25,6 +25,7 @@ from celery import Celery
 
 from .brokers import BatchPublisher, publisher_for
 from .clock import utcnow
+from .durations import readable
 from .exceptions import LockLost
 from .locks import Lock
 from .outage import Outage
@@ -102,12 +103,12 @@ class Relay:
             seconds = time.monotonic() - started
             self.hooks.batch(claimed, sent, seconds)
             logger.info(
-                "relay batch: %d of %d published in %.3f s (%.0f/s), the oldest waited %.1f s",
+                "relay batch: %d of %d published in %.3f s (%.0f/s), the oldest waited %s",
                 sent,
                 claimed,
                 seconds,
                 sent / seconds if seconds > 0 else 0.0,
-                waited.total_seconds(),
+                readable(waited),
             )
         return claimed, sent
 

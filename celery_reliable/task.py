@@ -20,6 +20,7 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from sqlalchemy.orm import Session
 
+from .dead_lettered import DeadLettered
 from .delivery import Binding
 from .exceptions import ConfigurationError
 from .message import MESSAGE_ID_HEADER, SENT_AT_HEADER, message_id_from, validate_message_id
@@ -77,16 +78,23 @@ class ReliableTask(Task):  # type: ignore[misc]
 
     @classmethod
     def bind(cls, app: Any) -> Any:
-        """Celery's built-in tasks (``celery.*``) keep Celery's own acknowledgement settings.
+        """Celery's built-in tasks (``celery.*``) keep Celery's own acknowledgement settings;
+        the others count a dead letter among the exceptions they ``throws``.
 
-        With ``task_cls="celery_reliable:ReliableTask"`` they are made from this class too;
-        they are Celery's machinery (``chord_unlock`` polls with ``self.retry``), not
-        messages of the application, so they stay plain tasks (see ``__call__``).
+        With ``task_cls="celery_reliable:ReliableTask"`` the built-in tasks are made from
+        this class too; they are Celery's machinery (``chord_unlock`` polls with
+        ``self.retry``), not messages of the application, so they stay plain tasks (see
+        ``__call__``).
         """
         if _builtin(cls.name):
             for attribute in ("acks_late", "reject_on_worker_lost", "acks_on_failure"):
                 if attribute not in cls.__dict__:
                     setattr(cls, attribute, None)  # Celery fills it from the app's settings
+        elif not issubclass(DeadLettered, tuple(cls.throws)):
+            # A dead letter is an expected ending, already logged by the pipeline with its
+            # entry: Celery then logs one INFO line ("raised expected"), not an ERROR with a
+            # traceback through the pipeline. Added to the task's own ``throws``, if any.
+            cls.throws = (*cls.throws, DeadLettered)
         return super().bind(app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

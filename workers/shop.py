@@ -35,9 +35,10 @@ from pathlib import Path
 
 from celery import Celery
 from sqlalchemy import Integer, String
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from celery_reliable import Reliable, ReliableTask, RetryPolicy
+from celery_reliable import ConfigurationError, Reliable, ReliableTask, RetryPolicy
 
 BROKER_DIR = Path(os.environ.get("SHOP_BROKER_DIR", ".broker"))
 
@@ -71,7 +72,9 @@ def _config() -> dict[str, object]:
     return config
 
 
-app = Celery("shop")
+# Named as ``-A`` names it, so that a hint says ``celery -A workers.shop ...`` even where no
+# ``celery`` command was typed (``python -m workers.shop``).
+app = Celery("workers.shop")
 app.conf.update(_config())
 reliable = Reliable(app)
 # Two retries, 0.2 s then about 0.4 s apart; then the message is dead-lettered.
@@ -233,29 +236,43 @@ FAULTS = {"--card-declined", "--provider-down"}
 
 
 def main(argv: list[str]) -> int:
-    """What a web request would do, and the faults that show a dead letter and a replay."""
-    Base.metadata.create_all(reliable.database.engine)  # the shop's own tables, if missing
-    if argv == ["provider-up"]:
-        provider_up()
-        print("the payment provider is back: replay its dead letters with `reliable dlq replay`")
-        return 0
+    """What a web request would do, and the faults that show a dead letter and a replay.
+
+    Bad arguments print the usage (exit 2). A store that is down or was never migrated is
+    one line on stderr and exit 3, as the ``celery reliable`` commands say it: what a new
+    user meets first.
+    """
     command, args = ("charge", argv[1:]) if argv[:1] == ["charge"] else ("order", argv)
     faults = [a for a in args if a in FAULTS]
     args = [a for a in args if a not in FAULTS]
-    if len(args) != 2 or not args[1].isdigit() or len(faults) > (command == "charge"):
+    bad = len(args) != 2 or not args[1].isdigit() or len(faults) > (command == "charge")
+    if argv != ["provider-up"] and bad:
         print(USAGE, file=sys.stderr)
         return 2
-    order_id, amount = args[0], int(args[1])
-    if command == "order":
-        message_id = place_order(order_id, amount)
-        print(f"order {order_id} placed; receipt message {message_id} waits for the relay")
+    url = reliable.database.url.render_as_string(hide_password=True)
+    try:
+        Base.metadata.create_all(reliable.database.engine)  # the shop's own tables, if missing
+        reliable.check_schema()  # the store's: `celery -A workers.shop reliable db upgrade`
+        if argv == ["provider-up"]:
+            provider_up()
+            print("the payment provider is back: replay its dead letters (`reliable dlq replay`)")
+        elif command == "order":
+            message_id = place_order(args[0], int(args[1]))
+            print(f"order {args[0]} placed; receipt message {message_id} waits for the relay")
+        else:
+            if "--provider-down" in faults:
+                provider_down(args[0], runs=1_000_000)  # until `provider-up`
+            card = "declined" if "--card-declined" in faults else "valid"
+            message_id = send_charge(args[0], int(args[1]), card=card)
+            fault = f" ({faults[0][2:]})" if faults else ""
+            print(f"charge {message_id} waits for the relay{fault}")
         return 0
-    if "--provider-down" in faults:
-        provider_down(order_id, runs=1_000_000)  # until `provider-up`
-    declined = "--card-declined" in faults
-    message_id = send_charge(order_id, amount, card="declined" if declined else "valid")
-    print(f"charge {message_id} waits for the relay{' (' + faults[0][2:] + ')' if faults else ''}")
-    return 0
+    except ConfigurationError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except DBAPIError as exc:
+        reason = str(exc.orig).strip().splitlines()[0]
+        print(f"error: the store {url} is unreachable: {reason}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 from kombu.exceptions import OperationalError as BrokerError
+from sqlalchemy import make_url
 from sqlalchemy.exc import DBAPIError
 
 from celery_reliable.exceptions import ConfigurationError
@@ -53,7 +54,8 @@ def _first_line(exc: BaseException) -> str:
 
 def store_problem(ext: Reliable, exc: BaseException) -> str:
     """The one line for a failed command: the store unreachable, its schema missing or
-    behind (with the ``db upgrade`` to run), or another service down."""
+    behind (with the ``db upgrade`` to run), or another service down (the Redis of
+    ``reliable_redis_url`` named as such: the operator must know which one to look at)."""
     url = ext.database.url.render_as_string(hide_password=True)
     if isinstance(exc, DBAPIError):
         try:
@@ -65,6 +67,9 @@ def store_problem(ext: Reliable, exc: BaseException) -> str:
         except ConfigurationError as behind:
             return str(behind)
         return f"the reliable store {url} refused the command: {_first_line(exc)}"
+    if type(exc).__module__.partition(".")[0] == "redis" and ext.settings.redis_url:
+        redis = make_url(ext.settings.redis_url).render_as_string(hide_password=True)
+        return f"Redis at reliable_redis_url {redis} is unreachable: {_first_line(exc)}"
     return f"a service is unreachable: {_first_line(exc)}"
 
 

@@ -7,6 +7,7 @@ from datetime import datetime, timedelta
 import click
 
 from celery_reliable.dead_letters import DeadLetterFilter, DeadLetterReason, DeadLetters
+from celery_reliable.durations import readable
 
 from .base import extension, reliable
 from .output import (
@@ -16,7 +17,6 @@ from .output import (
     Moment,
     PerSecond,
     Text,
-    duration,
     emit_json,
     json_option,
     plural,
@@ -190,13 +190,17 @@ def purge(ctx: click.Context, older_than: timedelta, dry_run: bool, as_json: boo
 @json_option
 @click.pass_context
 def stats(ctx: click.Context, as_json: bool) -> None:
-    """How many entries, by reason, task and failure group, and the oldest one's age."""
+    """How many messages and entries, entries by reason, task and failure group, and the
+    oldest one's age (a replay that fails again adds an entry to its message)."""
     statistics = _letters(ctx).statistics()
     if as_json:
         emit_json(statistics.as_dict())
         return
+    click.echo(f"messages: {statistics.messages}")
     click.echo(f"entries: {statistics.count}")
-    click.echo(f"oldest: {duration(statistics.oldest_age)}")
+    click.echo(f"oldest: {readable(statistics.oldest_age)}")
+    if not statistics.count:
+        return  # nothing to break down
     for title, counts in (
         ("REASON", statistics.by_reason),
         ("TASK", statistics.by_task),

@@ -34,7 +34,8 @@ def flower(ctx: click.Context, allow_unauthenticated: bool, flower_args: tuple[s
         from flower import command  # type: ignore[import-untyped]
     except ImportError:
         raise click.UsageError(
-            "Flower is not installed: pip install 'celery-reliable[flower]'"
+            "Flower is not installed: install the flower extra "
+            "(in the clone: pip install -e '.[flower]')"
         ) from None
     from celery_reliable.flower import create_app, exposure_problem
 

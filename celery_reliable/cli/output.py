@@ -6,7 +6,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import click
@@ -29,21 +29,6 @@ def progress_bar(length: int, label: str) -> Any:
 def plural(count: int, noun: str, nouns: str | None = None) -> str:
     """``1 entry``, ``2 entries``: a count as people write it."""
     return f"{count} {noun if count == 1 else nouns or noun + 's'}"
-
-
-def duration(value: timedelta | None) -> str:
-    """An age as people read it: ``0.4 s``, ``20 s``, ``5 min 3 s``, ``2 d 4 h``; ``-`` if none."""
-    if value is None:
-        return "-"
-    seconds = value.total_seconds()
-    if seconds < 10:
-        return f"{seconds:.1f} s"
-    parts, rest = [], round(seconds)
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
-        count, rest = divmod(rest, size)
-        if count:
-            parts.append(f"{count} {unit}")
-    return " ".join(parts[:2])
 
 
 def emit_json(data: Any) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import click
 
+from celery_reliable.durations import readable
 from celery_reliable.exceptions import InvalidArgument
 from celery_reliable.store.base import Status
 
 from .base import extension, reliable
-from .output import COUNT, ROW_ID, Text, duration, emit_json, json_option, plural, table
+from .output import COUNT, ROW_ID, Text, emit_json, json_option, plural, table
 
 limit_option = click.option("--limit", type=COUNT, default=50, show_default=True)
 
@@ -28,7 +29,7 @@ def outbox_stats(ctx: click.Context, as_json: bool) -> None:
         emit_json(stats.as_dict())
         return
     rows = [(k, v) for k, v in stats.as_dict().items() if k != "oldest_due_age"]
-    table(("STATE", "ROWS"), [*rows, ("oldest due", duration(stats.oldest_due_age))])
+    table(("STATE", "ROWS"), [*rows, ("oldest due", readable(stats.oldest_due_age))])
 
 
 @outbox.command(name="list")

@@ -85,13 +85,20 @@ class DeadLetters:
         detector: str | None = None,
         connection: Any = None,
     ) -> int:
-        """Store an entry (in ``connection``'s transaction when given); return its id."""
+        """Store an entry (in ``connection``'s transaction when given); return its id.
+
+        The entry is logged (ERROR) when this call commits it. A caller that passes its own
+        transaction logs after that commits: a line written before a rollback would name
+        an entry that does not exist.
+        """
         row = entry_row(
             message, reason, exc=exc, detail=detail, detector=detector, redactor=self.redactor
         )
         fit_row(row, self._rows.lengths, self._rows.value_budget())
         entry_id = self._rows.insert(row, connection=connection)
         self._dead_lettered.add(1, {"reason": row["reason"], "task": message.task_name or ""})
+        if connection is not None:
+            return entry_id
         logger.error(
             "message %s (%s) dead-lettered as %s: entry %s: %s",
             message.message_id,
@@ -154,10 +161,12 @@ class DeadLetters:
         return self.count(replayed=False)
 
     def statistics(self) -> DeadLetterStatistics:
-        """Count, counts by reason, task and failure group, and the oldest entry's age."""
+        """Entries and messages, entries by reason, task and failure group, and the oldest
+        entry's age."""
         stats = self._rows.statistics()
         return DeadLetterStatistics(
             count=stats.count,
+            messages=stats.messages,
             by_reason=stats.by_reason,
             by_task=stats.by_task,
             by_failure_group=stats.by_failure_group,

@@ -147,9 +147,15 @@ class DeadLetter:
 
 @dataclass(frozen=True)
 class DeadLetterStatistics:
-    """``reliable.dead_letters.statistics()``."""
+    """``reliable.dead_letters.statistics()``.
+
+    ``count`` is entries, ``messages`` the distinct messages they belong to: a replay that
+    fails again adds an entry to its message, so six messages replayed twice while still
+    broken are eight entries, and the operator asks how many messages are dead.
+    """
 
     count: int
+    messages: int
     by_reason: dict[str, int]
     by_task: dict[str, int]
     by_failure_group: dict[str, int]

@@ -28,6 +28,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import DataError
 
 from celery_reliable.dead_lettered import DeadLettered
+from celery_reliable.dead_letters.fitting import exception_name
 from celery_reliable.dead_letters.types import DeadLetterReason, FailedMessage
 from celery_reliable.exceptions import LostOwnership, StoreUnavailable
 from celery_reliable.inbox import Inbox
@@ -284,12 +285,13 @@ class Outcomes:
         except Exception:
             logger.warning("dead-letter alert check failed", exc_info=True)
         run.outcome = Outcome.DEAD_LETTERED
-        logger.warning(
-            "message %s (%s) dead-lettered as %s: entry %s",
+        logger.error(  # the run's last line of ours: what happened, and where it is kept
+            "message %s (%s) dead-lettered as %s: entry %s: %s",
             run.message_id,
             run.task.name,
             reason.value,
             dead.entry_id,
+            f"{exception_name(exc)}: {exc}" if exc is not None else detail,
         )
         _event(
             run,

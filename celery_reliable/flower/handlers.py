@@ -133,7 +133,6 @@ class ListPage(Page):
         offset = whole(self.get_query_argument("offset", "0"), "offset", 0, MAX_ROW_ID)
         entries, total, statistics = await self.blocking(self._load, filters, limit, offset)
         rows = await self.blocking(self.groups.rows, entries)
-        messages = await self.blocking(self.groups.count)
 
         def page_at(start: int) -> str:
             return self.list_url(**filters.typed, limit=limit, offset=start)
@@ -144,7 +143,6 @@ class ListPage(Page):
             reasons=[r.value for r in DeadLetterReason],
             entries=entries,
             rows=rows,
-            messages=messages,
             total=total,
             offset=offset,
             limit=limit,

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 import tornado.web
 
 from celery_reliable.dead_letters import DeadLetterFilter, DeadLetterReason
-from celery_reliable.durations import parse_moment
+from celery_reliable.durations import parse_moment, readable
 from celery_reliable.store.tables import MAX_ROW_ID
 
 DEFAULT_LIMIT = 50
@@ -117,13 +117,9 @@ def when(value: datetime | None) -> str:
     return aware.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def age(value: timedelta | None) -> str:
-    return "-" if value is None else str(timedelta(seconds=int(value.total_seconds())))
-
-
 def pretty(value: Any) -> str:
     """Arguments, headers and delivery info as indented JSON (the text is escaped on render)."""
     return json.dumps(value, indent=2, sort_keys=True, default=str, ensure_ascii=False)
 
 
-TEMPLATE_HELPERS = {"when": when, "age": age, "pretty": pretty}
+TEMPLATE_HELPERS = {"when": when, "age": readable, "pretty": pretty}

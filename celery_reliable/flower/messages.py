@@ -3,8 +3,9 @@
 A replay that fails again adds a new entry under the same message id, so the store holds
 one entry per failure, not per message: six messages replayed twice while still broken
 show as eight entries. The operator asks how many *messages* are dead, and what happened
-to each. This module answers from the store (entries per message, distinct messages, one
-message's history) and orders a page of entries so a message's entries sit together.
+to each (how many, ``statistics().messages``, counts). This module answers from the
+store (entries per message, one message's history) and orders a page of entries so a
+message's entries sit together.
 """
 
 from __future__ import annotations
@@ -45,12 +46,6 @@ class MessageGroups:
     def __init__(self, engine: Engine, table: Table) -> None:
         self.engine = engine
         self.table = table
-
-    def count(self) -> int:
-        """How many distinct messages have at least one entry."""
-        query = select(func.count(func.distinct(self.table.c.message_id)))
-        with self.engine.connect() as conn:
-            return int(conn.scalar(query) or 0)
 
     def sizes(self, message_ids: Iterable[str]) -> dict[str, int]:
         """Entries in the whole store for each of these message ids."""

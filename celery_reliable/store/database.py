@@ -29,9 +29,10 @@ from celery_reliable.exceptions import ConfigurationError
 
 from .dedicated import Dedicated
 
+#: The package is not on an index yet: the hints install its extra from the clone.
 _DRIVER_HINTS = {
-    "psycopg": "pip install 'celery-reliable[postgres]'",
-    "pymysql": "pip install 'celery-reliable[mysql]'",
+    "psycopg": "install the postgres extra (in the clone: pip install -e '.[postgres]')",
+    "pymysql": "install the mysql extra (in the clone: pip install -e '.[mysql]')",
 }
 _LIVE: weakref.WeakSet[Database] = weakref.WeakSet()
 

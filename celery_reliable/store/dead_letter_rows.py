@@ -74,6 +74,7 @@ class RowStatistics:
     """Counts over every entry, and the time of the oldest one."""
 
     count: int
+    messages: int  # distinct message ids: a replay that fails again adds an entry, not one
     by_reason: dict[str, int]
     by_task: dict[str, int]
     by_failure_group: dict[str, int]
@@ -232,6 +233,7 @@ class SqlDeadLetterRows:
 
             return RowStatistics(
                 count=int(conn.scalar(select(func.count()).select_from(t)) or 0),
+                messages=int(conn.scalar(select(func.count(func.distinct(t.c.message_id)))) or 0),
                 by_reason=grouped(t.c.reason),
                 by_task=grouped(t.c.task_name),
                 by_failure_group=grouped(t.c.failure_group),

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import select
 
 from celery_reliable import Reliable
-from celery_reliable.testing import wait_for
+from celery_reliable.testing import KillableProcess, wait_for
 from tests.support import celery_process
 
 from .test_flower import free_port
@@ -104,6 +104,21 @@ class Client:
         match = re.search(r'name="_xsrf" value="([^"]+)"', page)
         assert match, page
         return match.group(1)
+
+
+def dead_letters_page(flower: KillableProcess, port: int) -> str:
+    """The Dead Letters page a just-started Flower serves on loopback without credentials
+    (``--dead-letters-allow-unauthenticated``), once it listens; fails if Flower exits."""
+
+    def page() -> str | None:
+        assert flower.proc.poll() is None, flower.output()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/dead-letters", timeout=2) as r:
+                return str(r.read().decode())
+        except OSError:
+            return None
+
+    return str(wait_for(page, 60, 0.2, what="Flower's Dead Letters page"))
 
 
 def navigate(browser: Any, element: Any) -> None:

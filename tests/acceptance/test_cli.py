@@ -6,11 +6,11 @@ as a real `celery` process. The worker start-up checks run real workers.
 
 from __future__ import annotations
 
-from pathlib import Path
+import subprocess
 
 import pytest
 
-from .conftest import celery
+from .conftest import APP, celery
 
 
 def test_db_upgrade_and_current(cli):
@@ -47,22 +47,38 @@ def test_bad_arguments_exit_2(cli):
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_a_worker_with_a_bad_setting_refuses_to_start(env, tmp_path: Path):
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("reliable_stuck_threshold", "setting 'reliable_stuck_threshold'"),
+        ("reliable_max_atempts", "did you mean 'reliable_max_attempts'?"),
+    ],
+)
+def test_a_worker_with_a_bad_setting_refuses_to_start(env, setting: str, message: str):
     result = celery(
-        {**env, "RT_BAD_SETTING": "reliable_stuck_threshold"},
+        {**env, "RT_BAD_SETTING": setting},
         "worker",
         "-P",
         "solo",
         "--without-mingle",
         "--without-gossip",
     )
-    assert result.returncode != 0
-    assert "reliable_stuck_threshold" in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert message in refusal(result)
 
 
 def test_a_worker_on_an_unmigrated_store_refuses_to_start_and_says_what_to_run(env):
     result = celery(env, "worker", "-P", "solo", "--without-mingle", "--without-gossip")
-    assert result.returncode != 0
-    output = result.stdout + result.stderr
-    assert "schema revision none" in output
-    assert "reliable db upgrade" in output
+    assert result.returncode == 3
+    line = refusal(result)
+    assert "schema revision none" in line
+    assert line.endswith(f"run `celery -A {APP} reliable db upgrade`")
+
+
+def refusal(result: subprocess.CompletedProcess[str]) -> str:
+    """The one line a `celery worker` that refused to start printed: no traceback (the
+    first thing a new user meets when they forgot `db upgrade` or mistyped a setting)."""
+    assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, result.stderr
+    return errors[0]

@@ -1,10 +1,13 @@
-"""Each broker extra installs a working worker: ``pip install "celery-reliable[postgres,X]"``.
+"""Each extra installs what it promises: ``pip install "celery-reliable[STORE,BROKER]"`` a
+working worker, ``[flower]`` a working ``celery reliable flower``.
 
-Every other test runs in the development environment, which has every extra at once, so a
-broker extra that forgets what kombu's transport imports (as ``redis`` once forgot
-``packaging``) passes them all. Here each extra is installed alone, with ``postgres``, into a
-fresh virtualenv (no system site-packages, not this checkout), and a real ``celery worker``
-on that broker runs a ReliableTask whose result the test reads back.
+Every other test runs in the development environment, which has every extra at once, so an
+extra that forgets what kombu's transport imports (as ``redis`` once forgot ``packaging``)
+passes them all. Here each broker extra is installed with one store extra (``redis`` with
+``postgres``, ``rabbitmq`` with ``mysql``, so each store extra is installed alone once too)
+into a fresh virtualenv (no system site-packages, not this checkout), and a real ``celery
+worker`` on that broker runs a ReliableTask whose result the test reads back. The
+``flower`` extra alone, on the base install's SQLite store, serves the Dead Letters page.
 
 The wheels (this checkout's and its dependencies') are built once per module and installed
 with ``--no-index``, so both virtualenvs get exactly what each extra asks for, fast.
@@ -21,6 +24,9 @@ import pytest
 
 from celery_reliable.testing import KillableProcess, drop_store
 from tests.support import ROOT, require, unique
+
+from .flower_support import dead_letters_page
+from .test_flower import free_port
 
 APP = """
 import os
@@ -46,10 +52,11 @@ def add(self, a, b):
     return a + b
 """
 
-#: extra -> (service, result backend URL from the broker's URL).
+#: broker extra -> (its service, the store extra and service installed with it, result
+#: backend URL from the broker's URL).
 EXTRAS = {
-    "redis": ("redis", lambda url: url),
-    "rabbitmq": ("rabbitmq", lambda url: "rpc://"),
+    "redis": ("redis", "postgres", "postgresql", lambda url: url),
+    "rabbitmq": ("rabbitmq", "mysql", "mysql", lambda url: "rpc://"),
 }
 
 
@@ -70,9 +77,35 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """This checkout's wheel and every wheel the tested extras need, built once."""
     house = tmp_path_factory.mktemp("wheels")
-    extras = ",".join(["postgres", *EXTRAS])
+    extras = ",".join(["postgres", "mysql", "flower", *EXTRAS])
     run(sys.executable, "-m", "pip", "wheel", "-q", "-w", house, f"{ROOT}[{extras}]", cwd=house)
     return house
+
+
+def installed(
+    wheelhouse: Path, tmp_path: Path, extras: str, **variables: str
+) -> tuple[Path, Path, dict[str, str]]:
+    """``celery-reliable[extras]`` alone in a new virtualenv, and a folder for the app with
+    ``APP`` in it: (its python, the folder, the environment to run commands in)."""
+    venv = tmp_path / "venv"
+    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
+    python = venv / "bin" / "python"
+    install = ["install", "-q", "--no-compile", "--no-index", "--find-links", str(wheelhouse)]
+    run(python, "-m", "pip", *install, f"celery-reliable[{extras}]", cwd=tmp_path)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "extrasapp.py").write_text(APP)
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "PYTHONPATH": str(project),
+        "HOME": str(tmp_path),
+        **variables,
+    }
+    where = run(
+        python, "-c", "import celery_reliable as c; print(c.__file__)", cwd=project, env=env
+    )
+    assert where.startswith(str(venv)), where  # the installed copy, not this checkout
+    return python, project, env
 
 
 @pytest.mark.timeout(300)
@@ -80,31 +113,19 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_extra_alone_runs_a_worker_on_its_broker(
     extra: str, wheelhouse: Path, tmp_path: Path
 ) -> None:
-    service, backend_of = EXTRAS[extra]
+    service, store_extra, store, backend_of = EXTRAS[extra]
     broker = require(service)
-    db = require("postgresql")
-    venv = tmp_path / "venv"
-    run(sys.executable, "-m", "venv", venv, cwd=tmp_path)
-    python = venv / "bin" / "python"
-    install = ["install", "-q", "--no-compile", "--no-index", "--find-links", str(wheelhouse)]
-    run(python, "-m", "pip", *install, f"celery-reliable[postgres,{extra}]", cwd=tmp_path)
-    project = tmp_path / "project"
-    project.mkdir()
-    (project / "extrasapp.py").write_text(APP)
+    db = require(store)
     prefix = unique("x")
-    env = {
-        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
-        "PYTHONPATH": str(project),
-        "HOME": str(tmp_path),
-        "X_BROKER": broker,
-        "X_BACKEND": backend_of(broker),
-        "X_DB": db,
-        "X_PREFIX": prefix,
-    }
-    where = run(
-        python, "-c", "import celery_reliable as c; print(c.__file__)", cwd=project, env=env
+    python, project, env = installed(
+        wheelhouse,
+        tmp_path,
+        f"{store_extra},{extra}",
+        X_BROKER=broker,
+        X_BACKEND=backend_of(broker),
+        X_DB=db,
+        X_PREFIX=prefix,
     )
-    assert where.startswith(str(venv)), where  # the installed copy, not this checkout
     try:
         run(
             python,
@@ -139,3 +160,31 @@ def test_the_extra_alone_runs_a_worker_on_its_broker(
         assert answer.stdout.strip() == "5", answer.stderr + worker.output()
     finally:
         drop_store(db, prefix)
+
+
+@pytest.mark.timeout(300)
+def test_the_flower_extra_alone_serves_the_dead_letters_page(wheelhouse: Path, tmp_path: Path):
+    """What the README's shop and the quick start install for Flower's command: no store or
+    broker extra (the base install's SQLite store, an in-memory broker)."""
+    python, project, env = installed(
+        wheelhouse,
+        tmp_path,
+        "flower",
+        X_BROKER="memory://",
+        X_BACKEND="disabled://",
+        X_DB=f"sqlite:///{tmp_path / 'store.sqlite3'}",
+        X_PREFIX="reliable_",
+    )
+    celery = [str(python), "-m", "celery", "-A", "extrasapp", "reliable"]
+    run(*celery, "db", "upgrade", cwd=project, env=env)
+    port = free_port()
+    flower = KillableProcess(
+        [*celery, "flower", "--address=127.0.0.1", "--dead-letters-allow-unauthenticated",
+         f"--port={port}"],
+        env=env, cwd=project, log=tmp_path / "flower.log",
+    )  # fmt: skip
+    try:
+        html = dead_letters_page(flower, port)
+    finally:
+        flower.stop()
+    assert "<title>Dead letters · Flower</title>" in html

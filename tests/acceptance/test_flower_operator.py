@@ -8,6 +8,7 @@ Set RELIABLE_SCREENSHOTS to a folder to keep a screenshot of each page for revie
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -112,6 +113,9 @@ def test_a_dead_lettered_task_reads_as_a_failure_in_flower(failures, browser):  
     browser.get(url + "/dead-letters")
     assert find("#statistics-messages").text == "2"
     assert find("#statistics-count").text == "3"
+    oldest = re.search(r"dead-lettered (.*) ago", find("#statistics").text)
+    assert oldest, find("#statistics").text
+    assert re.fullmatch(r"(\d+ min )?[\d.]+ s", oldest.group(1)), oldest.group(1)  # not 0:00:02
     rows = browser.find_elements(By.CSS_SELECTOR, ".dead-letter-row")
     messages = [r.get_attribute("data-message-id") for r in rows]
     assert messages[0] == messages[1] != messages[2]  # grouped, newest message first

@@ -12,7 +12,6 @@ import os
 import re
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,6 +20,7 @@ from sqlalchemy import create_engine, text
 from celery_reliable.testing import wait_for
 from tests.support import ROOT, celery_process
 
+from .flower_support import dead_letters_page
 from .test_flower import free_port
 
 SHOP = "workers.shop"
@@ -37,8 +37,9 @@ def shop_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def run(env: dict[str, str], *args: str) -> str:
-    result = subprocess.run(
+def python(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` from the repository's root, as a user runs the shop and celery."""
+    return subprocess.run(
         [sys.executable, *args],
         cwd=ROOT,
         env={**os.environ, **env},
@@ -46,6 +47,10 @@ def run(env: dict[str, str], *args: str) -> str:
         text=True,
         timeout=60,
     )
+
+
+def run(env: dict[str, str], *args: str) -> str:
+    result = python(env, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 
@@ -97,14 +102,7 @@ def test_worker_relay_and_beat_as_separate_processes(shop_env: dict[str, str], t
 
 
 def test_a_bad_order_command_says_how_to_use_it(shop_env: dict[str, str]):
-    result = subprocess.run(
-        [sys.executable, "-m", SHOP, "order-1", "lots"],
-        cwd=ROOT,
-        env={**os.environ, **shop_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = python(shop_env, "-m", SHOP, "order-1", "lots")
     assert result.returncode == 2
     assert "usage: python -m workers.shop ORDER_ID AMOUNT_CENTS" in result.stderr
 
@@ -127,17 +125,8 @@ def test_flower_with_the_dead_letters_page_starts_as_the_readme_says(
         shop_env,
         tmp_path / "flower.log",
     )
-
-    def page() -> str | None:
-        assert flower.proc.poll() is None, flower.output()
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/dead-letters", timeout=2) as r:
-                return str(r.read().decode())
-        except OSError:
-            return None
-
     try:
-        html = wait_for(page, 60, 0.2, what="Flower's Dead Letters page")
+        html = dead_letters_page(flower, port)
     finally:
         flower.stop()
     assert "<title>Dead letters · Flower</title>" in html
@@ -185,21 +174,50 @@ def test_each_failure_from_the_command_line_then_a_replay(shop_env: dict[str, st
         assert replayed.strip() == "replayed 1 entry"
         wait_for(lambda: payments(shop_env, "order-3") == 1, 60, 0.2, what="the replayed charge")
         assert worker.proc.poll() is None, worker.output()
+        log = worker.output()
     finally:
         relay.stop()
         worker.stop()
     assert payments(shop_env, "order-3") == 1  # once: the three failed runs rolled back
     assert payments(shop_env, "order-2") == 0  # declined: nothing charged
+    # Each dead letter ends with one line of ours that says what happened and where it is
+    # kept; Celery's own line for it is one line too ("raised expected"), no traceback.
+    for message, ending in (
+        ("order-2-charge", "PoisonMessage: entry 1: workers.shop.CardDeclined: order-2: card"),
+        ("order-3-charge", "MaxRetriesExceeded: entry 2: workers.shop.ProviderUnavailable"),
+    ):
+        (line,) = [line for line in log.splitlines() if f"message {message} (" in line]
+        assert "ERROR" in line
+        assert f"dead-lettered as {ending}" in line, line
+    assert log.count("raised expected: DeadLettered(") == 2, log
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize(
+    ("store", "says"),
+    [
+        ("not migrated", "run `celery -A workers.shop reliable db upgrade`"),
+        ("unreachable", "the store postgresql+psycopg://postgres@127.0.0.1:1/test is unreachable"),
+    ],
+)
+def test_the_shop_without_its_store_says_so_in_one_line(
+    shop_env: dict[str, str], store: str, says: str
+):
+    """What a new user meets who skipped `db upgrade`, or whose database is down: one
+    line naming what to do, as the `celery reliable` commands say it (not 100 lines)."""
+    if store == "unreachable":
+        shop_env = {
+            **shop_env,
+            "RELIABLE_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/test",
+        }
+    result = python(shop_env, "-m", SHOP, "order-1", "4200")
+    assert result.returncode == 3, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("error: ")
+    assert says in line
 
 
 def test_a_charge_takes_one_fault_at_most(shop_env: dict[str, str]):
-    result = subprocess.run(
-        [sys.executable, "-m", SHOP, "charge", "o", "1", "--card-declined", "--provider-down"],
-        cwd=ROOT,
-        env={**os.environ, **shop_env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = python(shop_env, "-m", SHOP, "charge", "o", "1", "--card-declined", "--provider-down")
     assert result.returncode == 2
     assert "--card-declined | --provider-down" in result.stderr

@@ -116,6 +116,21 @@ def test_a_missing_or_unreachable_database_is_one_line(
     assert "Traceback" not in result.output
 
 
+def test_an_unreachable_redis_is_one_line_naming_the_setting(store: Reliable):
+    """The breakers shared through ``reliable_redis_url``: that Redis down is named as such."""
+    url = "redis://:secret@127.0.0.1:1/0"  # nothing listens on port 1
+    app = make_app(
+        "memory://",
+        store.database.url.render_as_string(hide_password=False),
+        store.settings.table_prefix,
+        reliable_redis_url=url,
+    )
+    Reliable.of(app).breakers.configure("payments", failure_threshold=1, reset_timeout=60)
+    line = assert_one_line_error(invoke(app, "breakers"), 3, "ConnectionError")
+    assert line.startswith("Error: Redis at reliable_redis_url redis://:***@127.0.0.1:1/0 ")
+    assert "secret" not in line
+
+
 def test_a_misspelled_setting_says_which_one_was_meant(postgres: str):
     app = make_app("memory://", postgres, unique(), reliable_max_atempts=3)
     result = invoke(app, "dlq", "stats")
@@ -171,15 +186,21 @@ def test_json_on_the_commands_that_act(store: Reliable):
 
 
 def test_counts_read_naturally(store: Reliable):
+    empty = invoke(store.app, "dlq", "stats")
+    assert empty.stdout == "messages: 0\nentries: 0\noldest: -\n"  # no three bare "(none)"
     dead_letter(store, "m-1")
     dry = invoke(store.app, "dlq", "replay", "--reason", "PoisonMessage", "--dry-run")
     assert dry.stdout.strip() == "would replay 1 entry"
     dead_letter(store, "m-2")
     dry = invoke(store.app, "dlq", "replay", "--reason", "PoisonMessage", "--dry-run")
     assert dry.stdout.strip() == "would replay 2 entries"
+    dead_letter(store, "m-2")  # its replay failed again: a second entry, the same message
     stats = invoke(store.app, "dlq", "stats").stdout
+    assert stats.splitlines()[:2] == ["messages: 2", "entries: 3"]
     oldest = next(line for line in stats.splitlines() if line.startswith("oldest: "))
     assert oldest.endswith(" s"), oldest  # such as "oldest: 0.1 s"
+    counts = json.loads(invoke(store.app, "dlq", "stats", "--json").stdout)
+    assert (counts["messages"], counts["count"]) == (2, 3)
 
 
 def test_inbox_list_lists_by_state(store: Reliable):

@@ -118,6 +118,7 @@ def test_statistics(reliable):
     dl.add(message(3, task="shop.ship"), "HandlerNotFound", detail="unknown task")
     stats = dl.statistics()
     assert stats.count == 3
+    assert stats.messages == 3
     assert stats.by_reason == {"MaxRetriesExceeded": 2, "HandlerNotFound": 1}
     assert stats.by_task == {"shop.charge": 2, "shop.ship": 1}
     assert stats.by_failure_group == {

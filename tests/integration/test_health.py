@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import timedelta
 
@@ -42,6 +43,10 @@ def statuses(report):
     return {c.name: c.status for c in report.checks}
 
 
+def details(report):
+    return {c.name: c.detail for c in report.checks}
+
+
 def test_a_working_host_is_ready_and_live(reliable):
     ready = reliable.health.readiness()
     assert statuses(ready) == dict.fromkeys(
@@ -59,6 +64,11 @@ def test_a_stale_relay_loop_fails_both_probes_and_a_fresh_one_passes(reliable):
     os.utime(heartbeat.path, (stale, stale))
     assert not reliable.health.liveness().healthy
     assert statuses(reliable.health.readiness())["relay_loop"] == UNHEALTHY
+    # As an operator reads it: "2 min ago (limit 1 min)", not "120s" or "0:02:00".
+    assert re.fullmatch(
+        r"relay loop last ran 2 min( \d+ s)? ago \(limit 1 min\)",
+        details(reliable.health.liveness())["relay_loop"],
+    )
 
 
 def test_an_outbox_that_does_not_drain_is_not_ready(reliable):
@@ -70,6 +80,10 @@ def test_an_outbox_that_does_not_drain_is_not_ready(reliable):
     report = reliable.health.readiness()
     assert statuses(report)["outbox"] == UNHEALTHY
     assert not report.healthy
+    assert re.fullmatch(
+        r"a due message has waited 5 min( \d+ s)? \(more than 1 min\): no relay\?",
+        details(report)["outbox"],
+    )
 
 
 def test_dead_letters_over_the_depth_degrade_but_stay_healthy(reliable):
@@ -79,3 +93,4 @@ def test_dead_letters_over_the_depth_degrade_but_stay_healthy(reliable):
     report = reliable.health.readiness()
     assert statuses(report)["dead_letters"] == DEGRADED
     assert (report.status, report.healthy) == (DEGRADED, True)
+    assert details(report)["dead_letters"] == "dead letters awaiting review: 2 (more than 1)"

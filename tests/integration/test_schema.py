@@ -91,3 +91,12 @@ def test_rows_enqueued_before_the_wire_columns_are_relayed_after_upgrading(db_ur
 
 def _ship() -> None:
     """Enqueued, never run here."""
+
+
+def test_a_worker_started_from_code_gets_the_configuration_error(db_url, table_prefix):
+    """`celery worker` refuses an unmigrated store with one line (tests/acceptance/test_cli.py);
+    a worker built in code (as ``start_worker`` builds it) gets the exception to handle."""
+    app = make_app("memory://", db_url, table_prefix)
+    with pytest.raises(ConfigurationError, match="schema revision none"):
+        app.Worker(pool="solo", without_mingle=True, without_gossip=True, hostname=table_prefix)
+    Reliable.of(app).database.dispose()

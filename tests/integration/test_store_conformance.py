@@ -353,10 +353,12 @@ def test_the_filter_selects_counts_and_pages_alike(letters):
 def test_statistics_count_by_reason_task_and_keep_the_oldest(letters):
     letter(letters, "a", reason="PoisonMessage", task="x")
     letter(letters, "b", reason="PoisonMessage", task="y")
+    letter(letters, "b", reason="PoisonMessage", task="y")  # its replay failed again
     stats = letters.statistics()
-    assert stats.count == 2
-    assert stats.by_reason == {"PoisonMessage": 2}
-    assert stats.by_task == {"x": 1, "y": 1}
+    assert stats.count == 3
+    assert stats.messages == 2
+    assert stats.by_reason == {"PoisonMessage": 3}
+    assert stats.by_task == {"x": 1, "y": 2}
     assert stats.oldest is not None
 
 

@@ -3,7 +3,7 @@ from datetime import timedelta
 import pytest
 
 from celery_reliable import ConfigurationError
-from celery_reliable.durations import parse_duration
+from celery_reliable.durations import parse_duration, readable
 from celery_reliable.settings import Settings, documented_settings
 
 
@@ -91,6 +91,22 @@ def test_durations(text, seconds):
 def test_bad_durations(text):
     with pytest.raises(ValueError, match="duration"):
         parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (None, "-"),
+        (0.4, "0.4 s"),
+        (20, "20 s"),
+        (303, "5 min 3 s"),
+        (7200, "2 h"),
+        (2 * 86400 + 4 * 3600 + 5, "2 d 4 h"),
+    ],
+)
+def test_durations_read_as_people_write_them(seconds, shown):
+    """The CLI's ages, the Flower page's and the relay's log: never ``0:00:20``, ``7200.0 s``."""
+    assert readable(None if seconds is None else timedelta(seconds=seconds)) == shown
 
 
 def test_redelivery_that_outlives_the_inbox_retention_is_refused_naming_both_keys():

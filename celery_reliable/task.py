@@ -56,6 +56,10 @@ class ReliableTask(Task):  # type: ignore[misc]
     #: acknowledging it as FAILURE with its claim left ``processing``: the redelivery takes
     #: the claim over and counts a run, up to ``reliable_max_attempts``, then dead-letters it.
     acks_on_timeout = False
+    #: ... and reports no failure for the killed run (no FAILURE, errback or chord part):
+    #: the redelivery's ending is the task's. A subclass that sets its own ``Request``
+    #: (not derived from this one) gets Celery's: FAILURE at the kill, then the redelivery.
+    Request = "celery_reliable.delivery.time_limit:RequeueOnHardTimeLimit"
     handler_key: str | None = None
     legacy_handler_keys: tuple[str, ...] = ()
     retry_policy: str | RetryPolicy | None = None
@@ -77,7 +81,7 @@ class ReliableTask(Task):  # type: ignore[misc]
 
     @classmethod
     def bind(cls, app: Any) -> Any:
-        """Celery's built-in tasks (``celery.*``) keep Celery's own acknowledgement settings.
+        """Celery's built-in tasks (``celery.*``) keep Celery's acks settings and Request.
 
         With ``task_cls="celery_reliable:ReliableTask"`` they are made from this class too;
         they are Celery's machinery (``chord_unlock`` polls with ``self.retry``), not
@@ -87,6 +91,8 @@ class ReliableTask(Task):  # type: ignore[misc]
             for attribute in ("acks_late", "reject_on_worker_lost", "acks_on_failure"):
                 if attribute not in cls.__dict__:
                     setattr(cls, attribute, None)  # Celery fills it from the app's settings
+            if "Request" not in cls.__dict__:
+                cls.Request = Task.Request
         return super().bind(app)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:

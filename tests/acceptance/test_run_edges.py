@@ -19,6 +19,7 @@ from celery_reliable import MESSAGE_ID_HEADER, DeadLettered
 from celery_reliable.store.base import Status
 from celery_reliable.testing import wait_for
 from tests.acceptance.conftest import _stack
+from tests.acceptance.test_intake import task_events
 from tests.support import require, unique
 
 
@@ -50,7 +51,10 @@ def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_
     # the run, then requeued the message: the caller's .get() raised at once although the
     # redelivery completed the message a few seconds later.
     backend, states = require("redis"), []
-    with stack.worker(RT_MAX_ATTEMPTS="4", RT_STUCK="3s", RT_BACKEND=backend) as worker:
+    with (
+        stack.worker("-E", RT_MAX_ATTEMPTS="4", RT_STUCK="3s", RT_BACKEND=backend) as worker,
+        task_events(stack.producer) as events,
+    ):
         message_id, result = waiting_caller(stack, backend, 1)
         try:
             # on_message sees each state the backend publishes for the task, while it waits.
@@ -60,6 +64,16 @@ def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_
             result.forget()
         assert "FAILURE" not in [meta["status"] for meta in states], states
         assert "hard time limit (2s) exceeded" in worker.output()
+        wait_for(
+            lambda: [e for e in events if e["type"] == "task-succeeded"], 30, what="the events"
+        )
+    ours = [e for e in events if e.get("uuid") == result.id]
+    types = [e["type"] for e in ours]
+    # Flower shows RETRY after the kill (the killed run's last event), never FAILURE.
+    assert types[types.index("task-rejected") + 1] == "task-retried", types
+    retried = [e for e in ours if e["type"] == "task-retried"]
+    assert [e["exception"] for e in retried] == ["TimeLimitExceeded(2)"], ours
+    assert "task-failed" not in types
     assert stack.count("runs") == 2
     assert stack.count("errbacks") == 0  # sent at the kill, it would have run by now
     assert stack.effect_count() == 1

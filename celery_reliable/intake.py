@@ -318,7 +318,9 @@ class ExpiryDeadLetters(Request):  # type: ignore[misc]
     """A request that stores itself as ``MessageExpired`` before Celery revokes it unrun.
 
     Mixed into each task's request class by :class:`DeadLetterIntake`, in front
-    of a custom ``Task.Request`` if the task has one.
+    of a custom ``Task.Request`` if the task has one, and of ReliableTask's
+    (:class:`~celery_reliable.delivery.time_limit.RequeueOnHardTimeLimit`): it overrides
+    only ``revoked()``, so their ``on_timeout``/``on_failure`` stay in force.
     """
 
     __slots__ = ()

@@ -57,6 +57,10 @@ class ReliableTask(Task):  # type: ignore[misc]
     #: acknowledging it as FAILURE with its claim left ``processing``: the redelivery takes
     #: the claim over and counts a run, up to ``reliable_max_attempts``, then dead-letters it.
     acks_on_timeout = False
+    #: ... and reports no failure for the killed run (no FAILURE, errback or chord part):
+    #: the redelivery's ending is the task's. A subclass that sets its own ``Request``
+    #: (not derived from this one) gets Celery's: FAILURE at the kill, then the redelivery.
+    Request = "celery_reliable.delivery.time_limit:RequeueOnHardTimeLimit"
     handler_key: str | None = None
     legacy_handler_keys: tuple[str, ...] = ()
     retry_policy: str | RetryPolicy | None = None
@@ -78,7 +82,7 @@ class ReliableTask(Task):  # type: ignore[misc]
 
     @classmethod
     def bind(cls, app: Any) -> Any:
-        """Celery's built-in tasks (``celery.*``) keep Celery's own acknowledgement settings;
+        """Celery's built-in tasks (``celery.*``) keep Celery's acks settings and Request;
         the others count a dead letter among the exceptions they ``throws``.
 
         With ``task_cls="celery_reliable:ReliableTask"`` the built-in tasks are made from
@@ -90,6 +94,8 @@ class ReliableTask(Task):  # type: ignore[misc]
             for attribute in ("acks_late", "reject_on_worker_lost", "acks_on_failure"):
                 if attribute not in cls.__dict__:
                     setattr(cls, attribute, None)  # Celery fills it from the app's settings
+            if "Request" not in cls.__dict__:
+                cls.Request = Task.Request
         elif not issubclass(DeadLettered, tuple(cls.throws)):
             # A dead letter is an expected ending, already logged by the pipeline with its
             # entry: Celery then logs one INFO line ("raised expected"), not an ERROR with a

@@ -5,7 +5,9 @@
 - :mod:`.run`: the one per-delivery object (``Run``) and how it ended (``Outcome``);
 - :mod:`.decide`: pure decisions (``decide_claim``, ``decide_failure``);
 - :mod:`.outcomes`: performing them (``Outcomes``);
-- :mod:`.pipeline`: the claim → body → completion path (``Pipeline``, ``Binding``).
+- :mod:`.pipeline`: the claim → body → completion path (``Pipeline``, ``Binding``);
+- :mod:`.time_limit`: ``ReliableTask.Request``, in the worker's main process: a run
+  killed by its hard time limit is requeued as a retry, with no failure reported.
 
 ``Reliable`` builds the pipeline with its collaborators and binds it to each task;
 ``ReliableTask`` hands every delivery to it. Nothing here imports the extension.

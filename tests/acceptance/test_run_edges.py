@@ -13,11 +13,14 @@ import socket
 from datetime import timedelta
 
 import pytest
+from celery import Celery
 
-from celery_reliable import MESSAGE_ID_HEADER
+from celery_reliable import MESSAGE_ID_HEADER, DeadLettered
 from celery_reliable.store.base import Status
 from celery_reliable.testing import wait_for
 from tests.acceptance.conftest import _stack
+from tests.acceptance.test_intake import task_events
+from tests.support import require, unique
 
 
 def completed(stack, message_id: str, key: str) -> bool:
@@ -25,23 +28,77 @@ def completed(stack, message_id: str, key: str) -> bool:
     return row is not None and row.status is Status.COMPLETED
 
 
-def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_completes(stack):
-    with stack.worker(RT_MAX_ATTEMPTS="4", RT_STUCK="3s"):  # taken over 2.5 s after the kill
-        message_id = stack.send("overruns", 1)
-        wait_for(lambda: completed(stack, message_id, "overruns"), 90, what="the second run")
+def waiting_caller(stack, backend: str, times: int):
+    """Send ``overruns(times)`` with an errback; return its message id and a caller's result.
+
+    The caller's result is read from a separate app on the worker's result backend, as an
+    application's caller would; the test waits on it with ``.get()``.
+    """
+    message_id = f"overruns-{unique()}"
+    sent = stack.producer.send_task(
+        "overruns",
+        (times,),
+        headers={MESSAGE_ID_HEADER: message_id},
+        link_error=stack.producer.signature("errback"),
+    )
+    return message_id, Celery("results", backend=backend, set_as_current=False).AsyncResult(sent.id)
+
+
+def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_the_result(
+    stack,
+):
+    # Old code: Celery stored FAILURE (TimeLimitExceeded) and ran the errback when it killed
+    # the run, then requeued the message: the caller's .get() raised at once although the
+    # redelivery completed the message a few seconds later.
+    backend, states = require("redis"), []
+    with (
+        stack.worker("-E", RT_MAX_ATTEMPTS="4", RT_STUCK="3s", RT_BACKEND=backend) as worker,
+        task_events(stack.producer) as events,
+    ):
+        message_id, result = waiting_caller(stack, backend, 1)
+        try:
+            # on_message sees each state the backend publishes for the task, while it waits.
+            assert result.get(timeout=90, interval=0.05, on_message=states.append) == 2
+            assert result.state == "SUCCESS"
+        finally:
+            result.forget()
+        assert "FAILURE" not in [meta["status"] for meta in states], states
+        assert "hard time limit (2s) exceeded" in worker.output()
+        wait_for(
+            lambda: [e for e in events if e["type"] == "task-succeeded"], 30, what="the events"
+        )
+    ours = [e for e in events if e.get("uuid") == result.id]
+    types = [e["type"] for e in ours]
+    # Flower shows RETRY after the kill (the killed run's last event), never FAILURE.
+    assert types[types.index("task-rejected") + 1] == "task-retried", types
+    retried = [e for e in ours if e["type"] == "task-retried"]
+    assert [e["exception"] for e in retried] == ["TimeLimitExceeded(2)"], ours
+    assert "task-failed" not in types
     assert stack.count("runs") == 2
+    assert stack.count("errbacks") == 0  # sent at the kill, it would have run by now
     assert stack.effect_count() == 1
     assert stack.status(message_id, "overruns").attempts == 2
 
 
-def test_a_message_that_always_overruns_is_dead_lettered_not_lost(stack):
-    with stack.worker(RT_MAX_ATTEMPTS="2", RT_STUCK="3s"):
-        message_id = stack.send("overruns", 1000)
-        wait_for(lambda: stack.reliable.dead_letters.count() == 1, 90, what="the dead letter")
-    assert stack.status(message_id, "overruns").status is Status.POISONED
+def test_a_message_that_always_overruns_is_dead_lettered_and_its_caller_told_so(stack):
+    backend, states = require("redis"), []
+    with stack.worker(RT_MAX_ATTEMPTS="2", RT_STUCK="3s", RT_BACKEND=backend):
+        message_id, result = waiting_caller(stack, backend, 1000)
+        try:
+            with pytest.raises(DeadLettered) as raised:
+                result.get(timeout=90, interval=0.05, on_message=states.append)
+        finally:
+            result.forget()
+        wait_for(lambda: stack.count("errbacks"), 30, what="the errback of the dead letter")
+    assert stack.count("errbacks") == 1  # the dead letter's, none for the killed runs
+    assert raised.value.reason == "PoisonMessage"
+    assert [meta["status"] for meta in states].count("FAILURE") == 1, states  # the dead letter
     (entry,) = stack.reliable.dead_letters.list()
+    assert raised.value.entry_id == entry.id
     assert entry.message_id == message_id
+    assert stack.status(message_id, "overruns").status is Status.POISONED
     assert entry.detector == "max-attempts"
+    assert stack.count("runs") == 2
     assert stack.effect_count() == 0
 
 

@@ -92,12 +92,23 @@ def kill_own_process(self, times):
 
 @app.task(base=ReliableTask, bind=True, name="overruns", time_limit=2)
 def overruns(self, times):
-    """Runs past its hard time limit (the pool kills it) on its first ``times`` runs."""
+    """Runs past its hard time limit (the pool kills it) on its first ``times`` runs.
+
+    Returns the number of the run that completed, so a caller can tell which run it got.
+    """
     note("runs")
-    if len((DIR / "runs").read_text().split()) <= times:
+    run = len((DIR / "runs").read_text().split())
+    if run <= times:
         time.sleep(30)
     with self.transaction() as session:
         session.execute(effects.insert().values(message_id=self.request.id))
+    return run
+
+
+@app.task(name="errback")
+def errback(task_id):
+    """A plain ``link_error`` errback: notes that Celery reported a failure of the task."""
+    note("errbacks")
 
 
 @app.task(base=ReliableTask, bind=True, name="slow_effect")

@@ -17,10 +17,18 @@ TASK_NAMES = {
     "reliable": "bench.reliable",
     "plain (insert)": "bench.plain_insert",
     "reliable (insert)": "bench.reliable_insert",
+    "ref: 1 sync stmt": "bench.one_statement",
+    "ref: 1 async stmt": "bench.one_async_statement",
 }
 VARIANTS = tuple(TASK_NAMES)
 #: The variants whose body inserts one row into :func:`effects_table`.
-INSERTING = ("plain (insert)", "reliable (insert)")
+INSERTING = ("plain (insert)", "reliable (insert)", "ref: 1 sync stmt", "ref: 1 async stmt")
+#: The references: what one round trip per task costs, committed synchronously (durable
+#: before the task returns, as a completion mark must be) or not (issue #15's ceilings).
+REFERENCES = {
+    "ref: 1 sync stmt": "one durable round trip per task",
+    "ref: 1 async stmt": "one asynchronous round trip per task",
+}
 
 
 def effects_table(prefix: str) -> Table:
@@ -43,6 +51,18 @@ def create_app(broker: str, database: str, prefix: str, queue: str) -> Celery:
     # The plain task's own engine, as an app without celery_reliable has one. Creating it
     # opens no connection, so each pool process connects after the fork.
     sessions = sessionmaker(create_engine(database))
+    # The references' engines: each statement is its own transaction (one round trip),
+    # committed synchronously or, on PostgreSQL, with synchronous_commit off.
+    durable = create_engine(database, isolation_level="AUTOCOMMIT")
+    relaxed = create_engine(
+        database,
+        isolation_level="AUTOCOMMIT",
+        **(
+            {"connect_args": {"options": "-c synchronous_commit=off"}}
+            if database.startswith("postgresql")
+            else {}
+        ),
+    )
 
     @app.task(name=TASK_NAMES["plain (default)"], shared=False)
     def plain() -> None:
@@ -68,6 +88,18 @@ def create_app(broker: str, database: str, prefix: str, queue: str) -> Celery:
         """The same row through ``self.transaction()``, committed with the completion mark."""
         with self.transaction() as session:
             session.execute(effects.insert().values(message=self.request.id))
+
+    @app.task(name=TASK_NAMES["ref: 1 sync stmt"], bind=True, shared=False)
+    def one_statement(self: Any) -> None:
+        """Reference: one INSERT, committed synchronously on its own (one round trip)."""
+        with durable.connect() as conn:
+            conn.execute(effects.insert().values(message=self.request.id))
+
+    @app.task(name=TASK_NAMES["ref: 1 async stmt"], bind=True, shared=False)
+    def one_async_statement(self: Any) -> None:
+        """Reference: the same INSERT with an asynchronous commit (no WAL flush waited for)."""
+        with relaxed.connect() as conn:
+            conn.execute(effects.insert().values(message=self.request.id))
 
     return app
 

@@ -1,13 +1,16 @@
 """ReliableTask against plain Celery: drain the same tasks through one worker setup.
 
 For each broker, the same N messages are queued in a fresh queue before a real ``celery
-worker -P prefork -c 2`` starts, for five variants in turn, as two pairs:
+worker -P prefork -c 2`` starts, for seven variants in turn: two pairs and two references.
 
 - no-op: plain Celery's defaults (and, for reference, with ``acks_late``) against
   ``ReliableTask`` (inbox claim and completion mark in the store);
 - insert, as tasks are written: a plain task inserting one row through its own SQLAlchemy
   Session and committing, against a ReliableTask inserting the same row through
-  ``self.transaction()`` (committed with the completion mark).
+  ``self.transaction()`` (committed with the completion mark);
+- the references (issue #15's ceilings): a plain task whose body is one INSERT committed on
+  its own, synchronously (one durable round trip per task, what a completion mark needs at
+  least) or asynchronously (``synchronous_commit=off``, no WAL flush waited for).
 
 With ``--repeat K`` the variants alternate K times and the median is reported with the
 spread (min-max), so that a slow phase of the machine hits all variants alike. Each drain
@@ -52,7 +55,7 @@ from celery_reliable import Reliable
 from celery_reliable.testing import drop_store
 
 from . import cpu
-from .bench_app import INSERTING, TASK_NAMES, VARIANTS, create_app, effects_table
+from .bench_app import INSERTING, REFERENCES, TASK_NAMES, VARIANTS, create_app, effects_table
 from .report import Row, Target, load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -314,7 +317,7 @@ def run(count: int | None, brokers: list[str], repeat: int) -> list[Row]:
             spread = f"{min(rates):.0f}-{max(rates):.0f}"
             print(f"{kind:<10}{variant:<20}{statistics.median(rates):>8.0f}  {spread}", flush=True)
     print_cpu(drains)
-    rows = []
+    rows: list[Row] = []
     for kind, samples in drains.items():
         rate = {
             variant: statistics.median(run.rate for run in runs)
@@ -322,6 +325,18 @@ def run(count: int | None, brokers: list[str], repeat: int) -> list[Row]:
         }
         late = rate["reliable"] / rate["plain (acks_late)"]
         print(f"ratio  {kind:<9} reliable/plain-acks-late {late:.2f}x (no-op, for reference)")
+        for variant, what in REFERENCES.items():
+            ceiling = rate[variant] / rate["plain (default)"]
+            print(f"ratio  {kind:<9} {variant}/plain (default) {ceiling:.2f}x (ceiling: {what})")
+            rows.append(
+                Row(
+                    f"inbox {kind}: ceiling, {what}",
+                    rate[variant],
+                    "/s",
+                    rate["plain (default)"],
+                    "plain (default)",
+                )
+            )
         for measure, (variant, baseline, targets) in PAIRS.items():
             ratio = rate[variant] / rate[baseline]
             verdict = "PASS" if ratio >= targets[kind] else "MISS"

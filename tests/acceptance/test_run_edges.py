@@ -82,7 +82,7 @@ def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_
 
 def test_a_message_that_always_overruns_is_dead_lettered_and_its_caller_told_so(stack):
     backend, states = require("redis"), []
-    with stack.worker(RT_MAX_ATTEMPTS="2", RT_STUCK="3s", RT_BACKEND=backend):
+    with stack.worker(RT_MAX_ATTEMPTS="2", RT_STUCK="3s", RT_BACKEND=backend) as worker:
         message_id, result = waiting_caller(stack, backend, 1000)
         try:
             with pytest.raises(DeadLettered) as raised:
@@ -90,7 +90,12 @@ def test_a_message_that_always_overruns_is_dead_lettered_and_its_caller_told_so(
         finally:
             result.forget()
         wait_for(lambda: stack.count("errbacks"), 30, what="the errback of the dead letter")
-    assert stack.count("errbacks") == 1  # the dead letter's, none for the killed runs
+    # The dead letter's errback, and at most one for each later copy that ended quarantined
+    # (Redis's 3 s visibility timeout here restores the message while a run waits; a copy's
+    # errback may still be queued when the worker stops): none for the killed runs, which
+    # the old code reported as failures, two more here.
+    copies = worker.output().count("is quarantined; this copy is not run")
+    assert 1 <= stack.count("errbacks") <= 1 + copies
     assert raised.value.reason == "PoisonMessage"
     assert [meta["status"] for meta in states].count("FAILURE") == 1, states  # the dead letter
     (entry,) = stack.reliable.dead_letters.list()

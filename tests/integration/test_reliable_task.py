@@ -5,14 +5,17 @@ from __future__ import annotations
 import threading
 import uuid
 from collections import Counter
+from datetime import timedelta
 
 import pytest
 from celery.contrib.testing.worker import start_worker
 from celery.signals import task_postrun
-from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text
+from sqlalchemy import Column, Integer, MetaData, String, Table, func, select, text, update
 from sqlalchemy.exc import OperationalError
 
 from celery_reliable import MESSAGE_ID_HEADER, Reliable, ReliableTask
+from celery_reliable.clock import utcnow
+from celery_reliable.message import REDELIVERED_HEADER
 from celery_reliable.store.base import Status
 from celery_reliable.testing import wait_for
 from tests.support import dead_lettered, make_app
@@ -322,6 +325,43 @@ def test_a_claim_that_committed_but_whose_answer_was_lost_resumes_at_once(h, mon
     assert sum(h.body_runs.values()) == 1
     # The committed claim never ran the body: its copy resumed the same attempt.
     assert h.status("uncertain-1", "charge").attempts == 1
+
+
+def claimed_by_a_dead_run(h, message_id: str):
+    """A claim held elsewhere whose lease stopped being renewed (past the grace, short of
+    reliable_stuck_threshold, 5 minutes here)."""
+    claim = h.reliable.inbox.claim(message_id, "charge", task_name="charge", owner="elsewhere")
+    t = h.reliable.tables.inbox_status
+    aged = utcnow() - h.reliable.inbox.renewal_grace - timedelta(seconds=1)
+    with h.reliable.database.engine.begin() as conn:
+        conn.execute(
+            update(t).where(t.c.message_id == message_id).values(processing_started_at=aged)
+        )
+    return claim
+
+
+def test_a_copy_carrying_the_redelivered_header_takes_a_dead_runs_claim_over(h):
+    # A delivery the broker flagged redelivered re-publishes its waiting copy with this
+    # header (the broker does not flag a new message). The copy must still be judged as
+    # flagged: a dead run's claim is taken over once its lease is past the grace, not after
+    # the whole threshold.
+    claimed_by_a_dead_run(h, "flagged-1")
+    result = h.app.tasks["charge"].apply_async(
+        (3,), headers={MESSAGE_ID_HEADER: "flagged-1", REDELIVERED_HEADER: True}
+    )
+    h.wait_completed("flagged-1", "charge")  # 30 s at most: far from the 5-minute lease
+    assert h.effect_rows() == [(result.id, 3)]
+    assert h.status("flagged-1", "charge").attempts == 2
+
+
+def test_a_copy_without_the_flag_or_the_header_waits_for_the_threshold(h):
+    claim = claimed_by_a_dead_run(h, "unflagged-1")
+    result = h.app.tasks["charge"].apply_async((3,), headers={MESSAGE_ID_HEADER: "unflagged-1"})
+    assert h.wait_states(result.id, 1) == ["IGNORED"]  # deferred: in flight elsewhere
+    assert h.body_runs[result.id] == 0
+    h.reliable.inbox.complete(claim, {"charged": 0})  # the copy then ends as a duplicate
+    assert h.wait_states(result.id, 2)[1] == "SUCCESS"
+    assert h.body_runs[result.id] == 0
 
 
 def test_a_claim_lost_by_the_store_is_processed_again_not_dropped(h):

@@ -39,6 +39,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from celery_reliable import ConfigurationError, Reliable, ReliableTask, RetryPolicy
+from celery_reliable.cli.base import store_problem
 
 BROKER_DIR = Path(os.environ.get("SHOP_BROKER_DIR", ".broker"))
 
@@ -249,7 +250,6 @@ def main(argv: list[str]) -> int:
     if argv != ["provider-up"] and bad:
         print(USAGE, file=sys.stderr)
         return 2
-    url = reliable.database.url.render_as_string(hide_password=True)
     try:
         Base.metadata.create_all(reliable.database.engine)  # the shop's own tables, if missing
         reliable.check_schema()  # the store's: `celery -A workers.shop reliable db upgrade`
@@ -269,9 +269,8 @@ def main(argv: list[str]) -> int:
         return 0
     except ConfigurationError as exc:
         print(f"error: {exc}", file=sys.stderr)
-    except DBAPIError as exc:
-        reason = str(exc.orig).strip().splitlines()[0]
-        print(f"error: the store {url} is unreachable: {reason}", file=sys.stderr)
+    except DBAPIError as exc:  # down, or refusing (an order id used twice): as the CLI says
+        print(f"error: {store_problem(reliable, exc)}", file=sys.stderr)
     return 3
 
 

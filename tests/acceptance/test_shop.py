@@ -197,7 +197,10 @@ def test_each_failure_from_the_command_line_then_a_replay(shop_env: dict[str, st
     ("store", "says"),
     [
         ("not migrated", "run `celery -A workers.shop reliable db upgrade`"),
-        ("unreachable", "the store postgresql+psycopg://postgres@127.0.0.1:1/test is unreachable"),
+        (
+            "unreachable",
+            "the reliable store postgresql+psycopg://postgres@127.0.0.1:1/test is unreachable",
+        ),
     ],
 )
 def test_the_shop_without_its_store_says_so_in_one_line(

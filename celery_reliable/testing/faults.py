@@ -112,6 +112,12 @@ class FaultyLink:
         with self._lock:
             self._drop_budget = after_bytes
 
+    @property
+    def drop_armed(self) -> bool:
+        """Whether a :meth:`drop_mid_stream` is waiting for its bytes (arming again replaces it)."""
+        with self._lock:
+            return self._drop_budget is not None
+
     def close(self) -> None:
         """Stop the proxy: every connection is closed and the port is released."""
         self._closed = True

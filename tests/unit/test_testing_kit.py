@@ -84,11 +84,14 @@ def test_a_slow_link_holds_each_chunk_back(echo):
 
 def test_a_drop_cuts_a_reply_after_the_given_bytes_then_lets_new_connections_through(echo):
     with FaultyLink(*echo) as link:
+        assert not link.drop_armed
         with connect(link) as sock:
             link.drop_mid_stream(after_bytes=1000)
+            assert link.drop_armed
             sock.sendall(b"big")
             assert read_until_closed(sock) == b"x" * 1000
         assert link.drops == 1
+        assert not link.drop_armed  # fired: the next drop may be armed
         with connect(link) as again:
             again.sendall(b"big")
             received = b""

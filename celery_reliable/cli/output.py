@@ -6,6 +6,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from datetime import datetime
 from typing import Any
 
@@ -22,8 +23,21 @@ COUNT = click.IntRange(min=0, max=MAX_ROW_ID)
 
 
 def progress_bar(length: int, label: str) -> Any:
-    """A progress bar on stderr (shown only on a terminal), so stdout stays parseable."""
+    """A progress bar on stderr, so stdout stays parseable; only on a terminal.
+
+    Elsewhere (a script, cron, a log) click would still print the label alone, and a
+    command that then fails would print two lines where its error is one.
+    """
+    if not sys.stderr.isatty():
+        return nullcontext(_NoProgress())
     return click.progressbar(length=length, label=label, file=sys.stderr)
+
+
+class _NoProgress:
+    """What a command updates when no bar is shown."""
+
+    def update(self, steps: int) -> None:
+        """Nothing to draw."""
 
 
 def plural(count: int, noun: str, nouns: str | None = None) -> str:

@@ -42,6 +42,13 @@ def poison(self):
     raise KeyError("no such customer")
 
 
+@app.task(name="plain_fails")
+def plain_fails():
+    """A plain Celery task, not a ReliableTask: it raises and ends as Celery's FAILURE (no
+    retry, no dead letter), as a task of an app not yet made reliable does beside ours."""
+    raise RuntimeError("a plain task's bug")
+
+
 @app.task(base=ReliableTask, bind=True, name="fixable", retry_policy=RetryPolicy.fixed(0, 1))
 def fixable(self):
     note("fixable")

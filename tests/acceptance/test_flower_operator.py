@@ -1,7 +1,8 @@
 """Flower for the operator at 3 a.m., in headless Chromium, on a real worker's events.
 
 A dead-lettered task must read as a failure on Flower's own pages (a danger badge, in the
-"Failed" filter, its reason and a link to its entry on the task page); a message replayed
+"Failed" filter beside a plain task's FAILURE, its reason and a link to its entry on the task
+page); a message replayed
 while still broken must read as one message with several entries; Delete must ask first.
 Set RELIABLE_SCREENSHOTS to a folder to keep a screenshot of each page for review.
 """
@@ -31,13 +32,15 @@ APP = "tests.acceptance.lifecycle_app"
 
 @pytest.fixture
 def failures(tmp_path: Path) -> Iterator[tuple[Stack, str, dict[str, Any]]]:
-    """A worker and `celery reliable flower` on Redis + PostgreSQL, after a success and two
-    dead-lettered messages: ``once``, and ``twice`` (replayed while still broken, so its
-    message has two entries and Flower three dead-lettered tasks)."""
+    """A worker and `celery reliable flower` on Redis + PostgreSQL, after a success, a plain
+    (not reliable) task's FAILURE and two dead-lettered messages: ``once``, and ``twice``
+    (replayed while still broken, so its message has two entries and Flower three
+    dead-lettered tasks)."""
     browser_binaries()  # skip before starting processes when there is no browser
     gen = _stack(("redis", "postgresql"), tmp_path)
     stack = next(gen)
     stack.producer.task(name="poison", shared=False)(_declared_elsewhere)  # for the replay
+    stack.producer.task(name="plain_fails", shared=False)(_declared_elsewhere)
     port = free_port()
     args = ["-A", APP, "reliable", "flower", f"--port={port}", "--address=127.0.0.1"]
     flower = celery_process(
@@ -52,7 +55,9 @@ def failures(tmp_path: Path) -> Iterator[tuple[Stack, str, dict[str, Any]]]:
             wait_for(lambda: _get(f"{url}/healthcheck") is not None, 60, what="Flower to listen")
             once, twice = stack.producer.send_task("poison"), stack.producer.send_task("poison")
             done = stack.producer.send_task("effect")  # a success, which "Failed" leaves out
+            plain = stack.producer.send_task("plain_fails")  # Celery's FAILURE, which it lists
             wait_for(lambda: flower_state(url, done.id) == "SUCCESS", 60, what="SUCCESS")
+            wait_for(lambda: flower_state(url, plain.id) == "FAILURE", 60, what="FAILURE")
             for task in (once, twice):
                 wait_for(lambda t=task: flower_state(url, t.id) == "DEAD_LETTERED", 60, what="DL")
             (first,) = [e for e in letters.list() if e.task_id == twice.id]
@@ -84,16 +89,17 @@ def test_a_dead_lettered_task_reads_as_a_failure_in_flower(failures, browser):  
         )
         return [(text, css) for text, css in found]
 
-    # The tasks page: "Failed" lists the dead-lettered tasks, with a danger badge.
+    # The tasks page: "Failed" lists the dead-lettered tasks with a danger badge, beside the
+    # plain task's FAILURE (Flower's own danger badge), and leaves the success out.
+    success = ("SUCCESS", "badge text-bg-success")
     browser.get(url + "/tasks")
-    WebDriverWait(browser, 20).until(lambda _: len(badges()) == 4)
-    assert ("SUCCESS", "badge text-bg-success") in badges()
+    WebDriverWait(browser, 20).until(lambda _: len(badges()) == 5)
+    assert success in badges()
     find('.task-state-filter[data-task-state="FAILURE"]').click()
-    WebDriverWait(browser, 20).until(
-        lambda _: badges() and all(text == "DEAD_LETTERED" for text, _ in badges())
-    )
-    assert len(badges()) == 3  # the replay ran as a new task, and was dead-lettered again
-    assert all("text-bg-danger" in css for _, css in badges())
+    WebDriverWait(browser, 20).until(lambda _: badges() and success not in badges())
+    danger = "badge text-bg-danger"
+    # The replay ran as a new task, and was dead-lettered again: three dead-lettered tasks.
+    assert sorted(badges()) == [("DEAD_LETTERED", danger)] * 3 + [("FAILURE", danger)]
     failed = find('.task-state-filter[data-task-state="FAILURE"]')
     assert failed.get_attribute("aria-pressed") == "true"
     screenshot(browser, "tasks-failed-filter")

@@ -28,6 +28,20 @@ def completed(stack, message_id: str, key: str) -> bool:
     return row is not None and row.status is Status.COMPLETED
 
 
+def overrunning_worker(stack, backend: str, *extra: str, attempts: int = 4):
+    """A worker for runs killed by their hard time limit: results in ``backend``, up to
+    ``attempts`` runs a message, and a lease of 3 s for a killed run's claim."""
+    return stack.worker(*extra, RT_MAX_ATTEMPTS=str(attempts), RT_STUCK="3s", RT_BACKEND=backend)
+
+
+def caller(stack, backend: str) -> Celery:
+    """An application's caller: a plain Celery app, separate from the worker's and the
+    producer's, on the worker's broker, queue and result backend."""
+    app = Celery("caller", broker=stack.broker, backend=backend, set_as_current=False)
+    app.conf.task_default_queue = f"q_{stack.prefix}"
+    return app
+
+
 def waiting_caller(stack, backend: str, times: int):
     """Send ``overruns(times)`` with an errback; return its message id and a caller's result.
 
@@ -41,7 +55,7 @@ def waiting_caller(stack, backend: str, times: int):
         headers={MESSAGE_ID_HEADER: message_id},
         link_error=stack.producer.signature("errback"),
     )
-    return message_id, Celery("results", backend=backend, set_as_current=False).AsyncResult(sent.id)
+    return message_id, caller(stack, backend).AsyncResult(sent.id)
 
 
 def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_the_result(
@@ -52,7 +66,7 @@ def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_
     # redelivery completed the message a few seconds later.
     backend, states = require("redis"), []
     with (
-        stack.worker("-E", RT_MAX_ATTEMPTS="4", RT_STUCK="3s", RT_BACKEND=backend) as worker,
+        overrunning_worker(stack, backend, "-E") as worker,
         task_events(stack.producer) as events,
     ):
         message_id, result = waiting_caller(stack, backend, 1)
@@ -82,7 +96,7 @@ def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_
 
 def test_a_message_that_always_overruns_is_dead_lettered_and_its_caller_told_so(stack):
     backend, states = require("redis"), []
-    with stack.worker(RT_MAX_ATTEMPTS="2", RT_STUCK="3s", RT_BACKEND=backend) as worker:
+    with overrunning_worker(stack, backend, attempts=2) as worker:
         message_id, result = waiting_caller(stack, backend, 1000)
         try:
             with pytest.raises(DeadLettered) as raised:

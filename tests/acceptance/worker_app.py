@@ -52,6 +52,12 @@ def note(name: str) -> None:
         f.write(f"{os.getpid()}\n")
 
 
+def counted(name: str) -> int:
+    """Note a run in RT_DIR/name and return its number: 1 for the first run, and so on."""
+    note(name)
+    return len((DIR / name).read_text().split())
+
+
 def block_while_held(point: str) -> None:
     """Announce ``point`` and wait while the test holds the door (it kills us meanwhile)."""
     note(f"reached-{point}")
@@ -83,8 +89,7 @@ def effect(self, kill_point=None):
 @app.task(base=ReliableTask, bind=True, name="kill_own_process")
 def kill_own_process(self, times):
     """SIGKILLs its own pool process on its first ``times`` runs (an OOM kill, a segfault)."""
-    note("runs")
-    if len((DIR / "runs").read_text().split()) <= times:
+    if counted("runs") <= times:
         os.kill(os.getpid(), signal.SIGKILL)
     with self.transaction() as session:
         session.execute(effects.insert().values(message_id=self.request.id))
@@ -96,8 +101,7 @@ def overruns(self, times):
 
     Returns the number of the run that completed, so a caller can tell which run it got.
     """
-    note("runs")
-    run = len((DIR / "runs").read_text().split())
+    run = counted("runs")
     if run <= times:
         time.sleep(30)
     with self.transaction() as session:

@@ -109,6 +109,28 @@ def overruns(self, times):
     return run
 
 
+@app.task(base=ReliableTask, bind=True, name="chord_part", time_limit=2)
+def chord_part(self, part, overrun):
+    """A chord's header part; with ``overrun``, its first run overruns its hard time limit.
+
+    Runs are counted per message (RT_DIR/runs-<message id>), so that one part of a chord is
+    killed and the others are not. Returns ``[part, run]``: the chord's callback can tell
+    which run of each part it got.
+    """
+    run = counted(f"runs-{self.message_id}")
+    if overrun and run == 1:
+        time.sleep(30)
+    return [part, run]
+
+
+@app.task(name="gather")
+def gather(results):
+    """A plain chord callback: notes each run (a second dispatch would show) and returns
+    the header's results it was given."""
+    note("callbacks")
+    return results
+
+
 @app.task(name="errback")
 def errback(task_id):
     """A plain ``link_error`` errback: notes that Celery reported a failure of the task."""

@@ -13,7 +13,7 @@ import socket
 from datetime import timedelta
 
 import pytest
-from celery import Celery
+from celery import Celery, chord
 
 from celery_reliable import MESSAGE_ID_HEADER, DeadLettered
 from celery_reliable.store.base import Status
@@ -26,6 +26,20 @@ from tests.support import require, unique
 def completed(stack, message_id: str, key: str) -> bool:
     row = stack.status(message_id, key)
     return row is not None and row.status is Status.COMPLETED
+
+
+def overrunning_worker(stack, backend: str, *extra: str, attempts: int = 4):
+    """A worker for runs killed by their hard time limit: results in ``backend``, up to
+    ``attempts`` runs a message, and a lease of 3 s for a killed run's claim."""
+    return stack.worker(*extra, RT_MAX_ATTEMPTS=str(attempts), RT_STUCK="3s", RT_BACKEND=backend)
+
+
+def caller(stack, backend: str) -> Celery:
+    """An application's caller: a plain Celery app, separate from the worker's and the
+    producer's, on the worker's broker, queue and result backend."""
+    app = Celery("caller", broker=stack.broker, backend=backend, set_as_current=False)
+    app.conf.task_default_queue = f"q_{stack.prefix}"
+    return app
 
 
 def waiting_caller(stack, backend: str, times: int):
@@ -41,7 +55,7 @@ def waiting_caller(stack, backend: str, times: int):
         headers={MESSAGE_ID_HEADER: message_id},
         link_error=stack.producer.signature("errback"),
     )
-    return message_id, Celery("results", backend=backend, set_as_current=False).AsyncResult(sent.id)
+    return message_id, caller(stack, backend).AsyncResult(sent.id)
 
 
 def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_the_result(
@@ -52,7 +66,7 @@ def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_
     # redelivery completed the message a few seconds later.
     backend, states = require("redis"), []
     with (
-        stack.worker("-E", RT_MAX_ATTEMPTS="4", RT_STUCK="3s", RT_BACKEND=backend) as worker,
+        overrunning_worker(stack, backend, "-E") as worker,
         task_events(stack.producer) as events,
     ):
         message_id, result = waiting_caller(stack, backend, 1)
@@ -80,9 +94,47 @@ def test_a_run_killed_by_its_hard_time_limit_is_redelivered_and_its_caller_gets_
     assert stack.status(message_id, "overruns").attempts == 2
 
 
+def test_a_chord_part_killed_by_its_hard_time_limit_counts_once_with_its_redelivery_result(
+    stack,
+):
+    # Old code: Celery counted the killed part as failed at the kill. The chord's .get()
+    # raised the part's TimeLimitExceeded at once, and the callback never ran: it failed
+    # with ChordError, although the part's redelivery completed a few seconds later (the
+    # backend counts a part once, so its success came too late to count).
+    backend, states = require("redis"), []
+    with (
+        caller(stack, backend) as app,
+        overrunning_worker(stack, backend, "-E") as worker,
+        task_events(stack.producer) as events,
+    ):
+        header = [app.signature("chord_part", (part, part == 1)) for part in range(3)]
+        result = chord(header)(app.signature("gather"))
+        killed = result.parent.results[1]
+        try:
+            # The part's first ending, with the states the backend published meanwhile (the
+            # old code's was FAILURE: not raised here, so that the chord's ending is told).
+            first = killed.get(timeout=90, propagate=False, on_message=states.append)
+            assert result.get(timeout=90) == [[0, 1], [1, 2], [2, 1]]
+        finally:
+            result.forget()
+            result.parent.forget()
+        assert first == [1, 2]  # from the redelivery, the part's second run
+        assert "FAILURE" not in [meta["status"] for meta in states], states
+        assert "hard time limit (2s) exceeded" in worker.output()
+        # Every message is delivered; the worker then stops warm, finishing what it runs.
+        wait_for(lambda: stack.queue_depth() == 0, 30, what="the queue to drain")
+    # A second dispatch of the callback (its id is the chord's) would have been received,
+    # and run unless the worker stopped first.
+    assert stack.count("callbacks") == 1
+    assert worker.output().count(f"gather[{result.id}] received") == 1
+    assert "task-failed" not in [e["type"] for e in events]
+    assert stack.count(f"runs-{killed.id}") == 2
+    assert stack.status(killed.id, "chord_part").attempts == 2
+
+
 def test_a_message_that_always_overruns_is_dead_lettered_and_its_caller_told_so(stack):
     backend, states = require("redis"), []
-    with stack.worker(RT_MAX_ATTEMPTS="2", RT_STUCK="3s", RT_BACKEND=backend) as worker:
+    with overrunning_worker(stack, backend, attempts=2) as worker:
         message_id, result = waiting_caller(stack, backend, 1000)
         try:
             with pytest.raises(DeadLettered) as raised:

@@ -52,6 +52,12 @@ def note(name: str) -> None:
         f.write(f"{os.getpid()}\n")
 
 
+def counted(name: str) -> int:
+    """Note a run in RT_DIR/name and return its number: 1 for the first run, and so on."""
+    note(name)
+    return len((DIR / name).read_text().split())
+
+
 def block_while_held(point: str) -> None:
     """Announce ``point`` and wait while the test holds the door (it kills us meanwhile)."""
     note(f"reached-{point}")
@@ -83,8 +89,7 @@ def effect(self, kill_point=None):
 @app.task(base=ReliableTask, bind=True, name="kill_own_process")
 def kill_own_process(self, times):
     """SIGKILLs its own pool process on its first ``times`` runs (an OOM kill, a segfault)."""
-    note("runs")
-    if len((DIR / "runs").read_text().split()) <= times:
+    if counted("runs") <= times:
         os.kill(os.getpid(), signal.SIGKILL)
     with self.transaction() as session:
         session.execute(effects.insert().values(message_id=self.request.id))
@@ -96,13 +101,34 @@ def overruns(self, times):
 
     Returns the number of the run that completed, so a caller can tell which run it got.
     """
-    note("runs")
-    run = len((DIR / "runs").read_text().split())
+    run = counted("runs")
     if run <= times:
         time.sleep(30)
     with self.transaction() as session:
         session.execute(effects.insert().values(message_id=self.request.id))
     return run
+
+
+@app.task(base=ReliableTask, bind=True, name="chord_part", time_limit=2)
+def chord_part(self, part, overrun):
+    """A chord's header part; with ``overrun``, its first run overruns its hard time limit.
+
+    Runs are counted per message (RT_DIR/runs-<message id>), so that one part of a chord is
+    killed and the others are not. Returns ``[part, run]``: the chord's callback can tell
+    which run of each part it got.
+    """
+    run = counted(f"runs-{self.message_id}")
+    if overrun and run == 1:
+        time.sleep(30)
+    return [part, run]
+
+
+@app.task(name="gather")
+def gather(results):
+    """A plain chord callback: notes each run (a second dispatch would show) and returns
+    the header's results it was given."""
+    note("callbacks")
+    return results
 
 
 @app.task(name="errback")

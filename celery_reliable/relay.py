@@ -37,6 +37,10 @@ from .store.wakeup import Wakeup, wakeup_for
 logger = logging.getLogger(__name__)
 
 _MAX_BACKOFF = timedelta(minutes=10)
+#: How long a drain tries again while every due row it sees is held back (see ``Batch``),
+#: and how long it pauses between tries.
+DRAIN_PATIENCE = 5.0
+HELD_BACK_PAUSE = 0.02
 
 
 class _ChannelClosedByMessage(Exception):
@@ -95,33 +99,31 @@ class Relay:
         """Claim, publish and mark one batch; return how many rows were confirmed sent."""
         return self._batch()[1]
 
-    def _batch(self) -> tuple[int, int]:
-        """One batch: (rows claimed, rows confirmed sent)."""
+    def _batch(self) -> tuple[int, int, bool]:
+        """One batch: (rows claimed, rows confirmed sent, held back: see ``Batch``)."""
         started = time.monotonic()
-        claimed, sent, waited = self._publish_claimed()
-        if claimed:
-            seconds = time.monotonic() - started
-            self.hooks.batch(claimed, sent, seconds)
-            logger.info(
-                "relay batch: %d of %d published in %.3f s (%.0f/s), the oldest waited %s",
-                sent,
-                claimed,
-                seconds,
-                sent / seconds if seconds > 0 else 0.0,
-                readable(waited),
-            )
-        return claimed, sent
-
-    def _publish_claimed(self) -> tuple[int, int, timedelta]:
-        """One batch: (rows claimed, rows confirmed sent, how long the oldest had been due)."""
         now = utcnow()
         token = uuid.uuid4().hex
         claimed = self.rows.claim(
             self.settings.relay_batch_size, now, token, now - self.settings.stuck_threshold
         )
         if not claimed:
-            return 0, 0, timedelta(0)
-        waited = now - min(row.available_at for row in claimed)
+            return 0, 0, claimed.held_back
+        sent = self._publish_claimed(claimed, token)
+        seconds = time.monotonic() - started
+        self.hooks.batch(len(claimed), sent, seconds)
+        logger.info(
+            "relay batch: %d of %d published in %.3f s (%.0f/s), the oldest waited %s",
+            sent,
+            len(claimed),
+            seconds,
+            sent / seconds if seconds > 0 else 0.0,
+            readable(now - min(row.available_at for row in claimed)),
+        )
+        return len(claimed), sent, False
+
+    def _publish_claimed(self, claimed: Sequence[Claimed], token: str) -> int:
+        """Publish a claimed batch and mark it; return how many rows were confirmed sent."""
         sent: list[int] = []
         try:
             self._publish_batch(claimed, token, sent)
@@ -130,7 +132,7 @@ class Relay:
             # unconfirmed, so they go back and are published again (the inbox dedups).
             self._drop_broker()
             self.rows.release([r.id for r in claimed], token)
-            return len(claimed), 0, waited
+            return 0
         except Exception as exc:
             # The broker went away mid-batch: keep what it confirmed, hand the rest back.
             logger.warning("relay lost the broker after %d of %d: %s", len(sent), len(claimed), exc)
@@ -144,7 +146,7 @@ class Relay:
             logger.warning(
                 "relay batch %s lost %d rows to another relay", token, len(sent) - marked
             )
-        return len(claimed), marked, waited
+        return marked
 
     def _publish_batch(self, claimed: Sequence[Claimed], token: str, sent: list[int]) -> None:
         """Publish the rows in order and learn once, for the batch, what the broker has.
@@ -197,15 +199,32 @@ class Relay:
         """Publish batches until nothing is due; return how many were sent.
 
         ``progress`` is called with the rows each batch claimed (a progress bar's update).
+        A claim that saw due rows but could take none, because another relay was claiming
+        the rows before them in their keys (``Batch.held_back``), is tried again every
+        :data:`HELD_BACK_PAUSE` for up to :data:`DRAIN_PATIENCE` without progress, so that
+        ``relay --once`` beside running relays does not end with rows still due.
         """
         total = 0
+        held_since: float | None = None
         while True:
-            claimed, sent = self._batch()
-            if not claimed:
+            claimed, sent, held_back = self._batch()
+            if claimed:
+                total += sent
+                held_since = None
+                if progress is not None:
+                    progress(claimed)
+                continue
+            if not held_back:
                 return total
-            total += sent
-            if progress is not None:
-                progress(claimed)
+            # Due rows behind another relay's claim in progress: it ends in milliseconds.
+            held_since = time.monotonic() if held_since is None else held_since
+            if time.monotonic() - held_since > DRAIN_PATIENCE:
+                logger.warning(
+                    "relay drain: due rows stayed held back for %s; giving up this drain",
+                    readable(timedelta(seconds=DRAIN_PATIENCE)),
+                )
+                return total
+            time.sleep(HELD_BACK_PAUSE)
 
     def run(self, stop: threading.Event) -> None:
         """Publish until ``stop`` is set; a batch under way is finished first.

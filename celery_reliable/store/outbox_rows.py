@@ -6,7 +6,7 @@ and lost its rows to another (after ``reliable_stuck_threshold``) changes nothin
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -46,21 +46,37 @@ class Claimed(NamedTuple):
     previous: int | None
 
 
+class Batch(list[Claimed]):
+    """The rows one claim took, in order.
+
+    ``held_back``: the claim saw due rows but could take none of them, because the rows
+    before them in their keys were being claimed by another relay at that moment (locked,
+    so skipped, while their successors were seen). That is not "nothing due": the other
+    claim ends within milliseconds, and a drain that returned here would leave due rows.
+    """
+
+    def __init__(self, rows: Iterable[Claimed] = (), *, held_back: bool = False) -> None:
+        super().__init__(rows)
+        self.held_back = held_back
+
+
 class OutboxRows:
     def __init__(self, database: Database, tables: Tables) -> None:
         self.database = database
         self.table = t = tables.outbox
         # Built once: the relay runs them every batch.
+        previous = _previous_of_key(t)
         due = (
-            select(*(t.c[name] for name in Claimed._fields[:-1]), _previous_of_key(t))
+            select(*(t.c[name] for name in Claimed._fields[:-1]), previous)
             .where(t.c.status == PENDING, t.c.available_at <= bindparam("now"), _free(t))
             .where(or_(t.c.ordering_key.is_(None), _head_is_free(t)))
-            .order_by(t.c.available_at, t.c.id)
             .limit(bindparam("limit"))
         )
         if database.dialect != "sqlite":  # SQLite: BEGIN IMMEDIATE already serialises
             due = due.with_for_update(skip_locked=True)
-        self._due = due
+        self._due = due.order_by(t.c.available_at, t.c.id)
+        # The fallback of claim(): only rows nothing waits before, in the keys' order.
+        self._due_heads = due.where(previous.is_(None)).order_by(t.c.id)
         ids = is_any_of(t.c.id, "ids", database.dialect)
         self._take = (
             update(t).where(ids).values(claim_token=bindparam("token"), claimed_at=bindparam("now"))
@@ -73,7 +89,7 @@ class OutboxRows:
         )
         self._release = update(t).where(ids, held).values(claim_token=None)
 
-    def claim(self, limit: int, now: datetime, token: str, stale_before: datetime) -> list[Claimed]:
+    def claim(self, limit: int, now: datetime, token: str, stale_before: datetime) -> Batch:
         """Take up to ``limit`` due rows (unclaimed, or claimed by a relay presumed dead).
 
         Oldest due first: in the order of the ``outbox_due`` index (status, due time, id),
@@ -86,14 +102,21 @@ class OutboxRows:
         same exchange and routing key. So a key is published strictly in order, many rows
         per batch, and a head that fails (and backs off) holds back its own key only. The
         database only pre-selects rows whose key's head is free; the run is checked here,
-        since a row locked by another relay's claim in progress is skipped, not seen.
+        since a row locked by another relay's claim in progress is skipped, not seen. When
+        no row of the oldest-due batch can be taken, the heads are looked for in id order.
         """
         with self.database.engine.begin() as conn:
-            found = conn.execute(self._due, {"now": now, "stale": stale_before, "limit": limit})
-            rows = _runs([Claimed._make(row) for row in found])
+            due = {"now": now, "stale": stale_before, "limit": limit}
+            found = [Claimed._make(row) for row in conn.execute(self._due, due)]
+            rows = _runs(found)
+            if found and not rows:
+                # Every row seen waits behind one outside this batch: a key's head due after
+                # a batch of its own rows (it would stall the whole outbox, batch after
+                # batch), or one being claimed by another relay. Take the heads by key order.
+                rows = _runs([Claimed._make(row) for row in conn.execute(self._due_heads, due)])
             if rows:
                 conn.execute(self._take, {"ids": [r.id for r in rows], "token": token, "now": now})
-            return rows
+            return Batch(rows, held_back=bool(found) and not rows)
 
     def mark_sent(self, ids: Sequence[int], token: str, now: datetime) -> int:
         """Rows the broker confirmed, in one statement; returns how many this batch still held."""

@@ -10,17 +10,18 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from kombu import Connection, Producer
 from kombu.utils import json as kombu_json
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from celery_reliable import Reliable
 from celery_reliable.clock import utcnow
 from celery_reliable.relay import Relay
-from celery_reliable.testing import drop_store
+from celery_reliable.testing import drop_store, wait_for
 from tests.support import make_app, require, unique
 
 BATCH = 100
@@ -195,3 +196,54 @@ def test_relays_racing_keep_every_key_in_order(bench):
     assert len(published) == 900
     for key in keys:
         assert _of_key(published, key) == [f"{key}-{n}" for n in range(900) if keys[n % 3] == key]
+
+
+def test_a_drain_waits_for_another_relays_claim_of_its_keys_heads(bench):
+    """The heads of three keys locked by another relay's claim in progress: the rows behind
+    them are due but cannot be taken yet. A drain tries again once that claim ends, instead
+    of reporting 0 sent with every row still due (``relay --once`` beside running relays)."""
+    keys = ["a", "b", "c"]
+    bench.enqueue([(f"{keys[n % 3]}-{n}", keys[n % 3]) for n in range(30)])
+    relay = bench.another_relay()
+    claims: list[int] = []
+    claim = relay.rows.claim
+
+    def counted(*args: Any) -> Any:
+        batch = claim(*args)
+        claims.append(len(batch))
+        return batch
+
+    relay.rows.claim = counted  # type: ignore[method-assign]
+    heads = select(bench.table.c.id).where(bench.table.c.message_id.in_(["a-0", "b-1", "c-2"]))
+    with bench.reliable.database.engine.connect() as other:
+        other.execute(heads.with_for_update())  # another relay's claim, not yet committed
+        result: list[int] = []
+        drainer = threading.Thread(target=lambda: result.append(relay.drain()))
+        drainer.start()
+        wait_for(lambda: len(claims) >= 2 or not drainer.is_alive(), 30, what="a second claim")
+        assert drainer.is_alive(), f"the drain returned {result} with every row due"
+        other.rollback()
+    drainer.join(30)
+    assert result == [30]
+    assert claims[0] == 0  # held back by the other claim
+    assert sum(claims) == 30
+    with bench.reliable.database.engine.connect() as conn:
+        pending = bench.table.c.status == "pending"
+        assert conn.execute(select(func.count()).where(pending)).scalar_one() == 0
+    published = bench.published()
+    for key in keys:
+        assert _of_key(published, key) == [f"{key}-{n}" for n in range(30) if keys[n % 3] == key]
+
+
+def test_a_key_whose_head_fell_behind_a_batch_of_its_own_rows_still_drains(bench):
+    """The head of a key due after a whole batch of the rows behind it (a countdown on the
+    first message, say): the oldest-due batch holds none of the key's head, so none of its
+    rows could be taken. The claim looks again in the keys' order instead of stalling."""
+    bench.enqueue([(f"k-{n}", "k") for n in range(BATCH + 20)])
+    now = utcnow()
+    with bench.reliable.database.engine.begin() as conn:
+        conn.execute(update(bench.table).values(available_at=now - timedelta(minutes=10)))
+        head = update(bench.table).where(bench.table.c.message_id == "k-0")
+        conn.execute(head.values(available_at=now - timedelta(minutes=1)))
+    assert bench.reliable.relay.drain() == BATCH + 20
+    assert _of_key(bench.published(), "k") == [f"k-{n}" for n in range(BATCH + 20)]

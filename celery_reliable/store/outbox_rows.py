@@ -10,13 +10,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, case, func, or_, select, update
+from sqlalchemy import Connection, bindparam, case, func, or_, select, update
 
 from .bulk import is_any_of
 from .database import Database
 from .tables import Tables
 
 PENDING, SENT, POISONED = "pending", "sent", "poisoned"
+#: Keys whose head a claim looks up when it could take none of the oldest-due rows: enough
+#: for progress (one free head is), few enough to stay cheap while relays race.
+HEAD_LOOKUPS = 20
 
 
 class Claimed(NamedTuple):
@@ -75,9 +78,13 @@ class OutboxRows:
         if database.dialect != "sqlite":  # SQLite: BEGIN IMMEDIATE already serialises
             due = due.with_for_update(skip_locked=True)
         self._due = due.order_by(t.c.available_at, t.c.id)
-        # The fallback of claim(): only rows nothing waits before, in the keys' order.
-        self._due_heads = due.where(previous.is_(None)).order_by(t.c.id)
         ids = is_any_of(t.c.id, "ids", database.dialect)
+        # The fallback of claim(): a key's head (one index lookup each), then those of them
+        # that are due and free.
+        self._head_of = select(func.min(t.c.id)).where(
+            t.c.ordering_key == bindparam("key"), t.c.status == PENDING
+        )
+        self._due_among = due.where(ids).order_by(t.c.id)
         self._take = (
             update(t).where(ids).values(claim_token=bindparam("token"), claimed_at=bindparam("now"))
         )
@@ -103,7 +110,7 @@ class OutboxRows:
         per batch, and a head that fails (and backs off) holds back its own key only. The
         database only pre-selects rows whose key's head is free; the run is checked here,
         since a row locked by another relay's claim in progress is skipped, not seen. When
-        no row of the oldest-due batch can be taken, the heads are looked for in id order.
+        no row of the oldest-due batch can be taken, the heads of their keys are looked up.
         """
         with self.database.engine.begin() as conn:
             due = {"now": now, "stale": stale_before, "limit": limit}
@@ -112,11 +119,22 @@ class OutboxRows:
             if found and not rows:
                 # Every row seen waits behind one outside this batch: a key's head due after
                 # a batch of its own rows (it would stall the whole outbox, batch after
-                # batch), or one being claimed by another relay. Take the heads by key order.
-                rows = _runs([Claimed._make(row) for row in conn.execute(self._due_heads, due)])
+                # batch), or one being claimed by another relay (locked: skipped again).
+                heads = self._heads(conn, found)
+                if heads:
+                    among = conn.execute(self._due_among, {**due, "ids": heads})
+                    rows = _runs([Claimed._make(row) for row in among])
             if rows:
                 conn.execute(self._take, {"ids": [r.id for r in rows], "token": token, "now": now})
             return Batch(rows, held_back=bool(found) and not rows)
+
+    def _heads(self, conn: Connection, found: Sequence[Claimed]) -> list[int]:
+        """The ids of the heads of the first :data:`HEAD_LOOKUPS` keys among ``found``."""
+        keys = dict.fromkeys(row.ordering_key for row in found if row.ordering_key is not None)
+        heads = (
+            conn.execute(self._head_of, {"key": key}).scalar() for key in list(keys)[:HEAD_LOOKUPS]
+        )
+        return [head for head in heads if head is not None]
 
     def mark_sent(self, ids: Sequence[int], token: str, now: datetime) -> int:
         """Rows the broker confirmed, in one statement; returns how many this batch still held."""

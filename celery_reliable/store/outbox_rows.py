@@ -81,9 +81,7 @@ class OutboxRows:
         ids = is_any_of(t.c.id, "ids", database.dialect)
         # The fallback of claim(): a key's head (one index lookup each), then those of them
         # that are due and free.
-        self._head_of = select(func.min(t.c.id)).where(
-            t.c.ordering_key == bindparam("key"), t.c.status == PENDING
-        )
+        self._head_of = _head_id(t, bindparam("key"))
         self._due_among = due.where(ids).order_by(t.c.id)
         self._take = (
             update(t).where(ids).values(claim_token=bindparam("token"), claimed_at=bindparam("now"))
@@ -211,12 +209,16 @@ def _previous_of_key(t: Any) -> Any:
     return case((t.c.ordering_key.is_(None), None), else_=previous).label("previous")
 
 
+def _head_id(t: Any, key: Any) -> Any:
+    """The id of the oldest pending row of the ordering key ``key``: the key's head."""
+    return select(func.min(t.c.id)).where(t.c.ordering_key == key, t.c.status == PENDING)
+
+
 def _head_is_free(t: Any) -> Any:
     """The oldest pending row of this row's key is due and not held by a live claim."""
     earlier, head = t.alias("earlier"), t.alias("head")
     head_id = (
-        select(func.min(earlier.c.id))
-        .where(earlier.c.ordering_key == t.c.ordering_key, earlier.c.status == PENDING)
+        _head_id(earlier, t.c.ordering_key)
         .correlate(t)  # two levels down: not found by SQLAlchemy's auto-correlation
         .scalar_subquery()
     )
